@@ -1,0 +1,138 @@
+"""Building a run from a Hydra config, and the task wrapper every entry point uses."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import hydra
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import UserError, is_user_error
+from .summary import update_summary
+from .wandb_setup import finish_wandb
+
+log = logging.getLogger("kakusan")
+
+
+def hydra_overrides() -> list[str]:
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return []
+
+
+def is_multirun() -> bool:
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
+
+
+def sweep_group() -> str | None:
+    """A name shared by every job of one multirun (its sweep folder), for grouping W&B runs."""
+    if not is_multirun():
+        return None
+    hc = HydraConfig.get()
+    return f"{hc.job.name}-{Path(hc.sweep.dir).name}"
+
+
+def seed_everything(seed: int | None) -> int | None:
+    """Seed every RNG. ``seed: 0`` is a seed like any other; only ``null`` means "do not seed"."""
+    if seed is None:
+        return None
+    return pl.seed_everything(int(seed), workers=True, verbose=False)
+
+
+def instantiate_group(cfg: DictConfig | None, **kwargs: Any) -> list[Any]:
+    """Instantiate every entry of a dict-of-configs group (callbacks, loggers) that has a ``_target_``."""
+    out = []
+    if not cfg:
+        return out
+    for name, sub in cfg.items():
+        if isinstance(sub, DictConfig) and "_target_" in sub:
+            out.append(hydra.utils.instantiate(sub, **kwargs.get(name, {})))
+    return out
+
+
+def check_shapes(datamodule: Any, model: Any) -> None:
+    """Fail early when the data and the model disagree on the shape of one item."""
+    data_shape = getattr(datamodule, "data_shape", None)
+    model_shape = getattr(model, "data_shape", None) or getattr(model, "sample_shape", None)
+    if hasattr(model, "input_shape"):
+        model_shape = model.input_shape
+    if data_shape is None or model_shape is None:
+        return
+    if tuple(data_shape) != tuple(model_shape):
+        raise UserError(
+            f"the data gives items of shape {tuple(data_shape)} but the model expects {tuple(model_shape)}. "
+            f"Make data.image_size / channels and model.sample_shape (and the network's in_channels and "
+            f"image_size) agree, e.g. pick a matching experiment= config.")
+
+
+def task_wrapper(task: Callable[[DictConfig], dict[str, Any]]) -> Callable[[DictConfig], dict[str, Any]]:
+    """Run ``task`` so that W&B is always closed and failures are recorded, never hidden.
+
+    - A failure writes ``failure.json`` (message and traceback) into the run folder and closes W&B
+      with a failing exit code; the original exception is never replaced by a cleanup error.
+    - In a multirun the failure is recorded and the sweep goes on with the next job.
+    - A user mistake (bad config, missing data) prints one paragraph and exits with code 2.
+    """
+
+    def wrapped(cfg: DictConfig) -> dict[str, Any]:
+        run_dir = Path(cfg.paths.output_dir)
+        try:
+            metrics = task(cfg)
+        except Exception as exc:  # noqa: BLE001
+            tb = traceback.format_exc()
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / "failure.json").write_text(json.dumps(
+                    {"error": f"{type(exc).__name__}: {exc}", "traceback": tb}, indent=2))
+                update_summary(run_dir, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+            except OSError:
+                pass
+            finish_wandb(exit_code=1)
+            if is_multirun():
+                log.error("job failed (recorded in %s/failure.json): %s", run_dir, exc)
+                return {"status": "failed"}
+            if is_user_error(exc):
+                print(f"\nerror: {exc}\n", file=sys.stderr)
+                sys.exit(2)
+            raise
+        finish_wandb(exit_code=0)
+        return metrics
+
+    return wrapped
+
+
+def metric_value(metrics: dict[str, Any], name: str | None) -> float | None:
+    """The objective for sweepers (e.g. Optuna): ``metrics[name]``, NaN when the job failed."""
+    if not name:
+        return None
+    if name not in metrics:
+        if metrics.get("status") == "failed":
+            return math.nan
+        raise UserError(f"optimized_metric '{name}' was not produced; available: {', '.join(sorted(metrics))}")
+    return float(metrics[name])
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def set_torch_threads() -> None:
+    """Respect an explicit thread count (``KAKUSAN_THREADS``) for reproducible CPU timings."""
+    n = os.environ.get("KAKUSAN_THREADS")
+    if n:
+        import torch
+
+        torch.set_num_threads(int(n))

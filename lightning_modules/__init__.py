@@ -1,0 +1,1 @@
+"""LightningModules and the plain-PyTorch parts they are built from."""

@@ -1,0 +1,200 @@
+"""The generic diffusion LightningModule: a thin shell around plain-PyTorch parts.
+
+It owns ``net`` (any denoiser ``net(x_t, t, **cond)``), a :class:`NoiseSchedule`, a
+parameterisation (eps / x0 / v), an EMA copy and a default sampler. Data may be images
+``(B,C,H,W)``, video ``(B,T,C,H,W)``, poses ``(B,J,3)`` or points ``(B,D)``: nothing here
+assumes a shape. Model families specialise it through small hooks (``encode``/``decode``,
+``net_conditions``) whose signatures never change.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from .diffusion.ema import EMA
+from .diffusion.guidance import guided_model_fn
+from .diffusion.losses import WEIGHTINGS, diffusion_loss, loss_weight
+from .diffusion.parameterization import check_prediction_type, training_target
+from .diffusion.samplers.base import Sampler, StepHook
+from .diffusion.schedule import NoiseSchedule
+
+
+class DiffusionModule(pl.LightningModule):
+    """Denoising diffusion training and sampling (Ho et al. 2020) for any data shape.
+
+    Args:
+        net: denoiser network.
+        schedule: noise schedule (its buffers are saved in checkpoints).
+        sampler: default sampler for ``sample()`` and validation grids.
+        optimizer: ``functools.partial`` building the optimiser from parameters (Hydra ``_partial_``).
+        lr_scheduler: optional partial building a scheduler from the optimiser (stepped per step).
+        prediction_type: ``eps``, ``x0`` or ``v``.
+        loss_weighting: ``uniform`` or ``min_snr`` (gamma ``min_snr_gamma``).
+        ema_decay: EMA maximum decay; ``None`` disables EMA (sampling then uses the raw weights).
+        num_classes: enables class conditioning from ``batch["y"]``.
+        cond_drop_prob: probability of replacing the condition by the null condition in training
+            (classifier-free guidance needs it > 0).
+        guidance_scale: default guidance scale for ``sample()``.
+        sample_shape: shape of one sample in model space, e.g. ``[1, 32, 32]``.
+    """
+
+    def __init__(self, net: nn.Module, schedule: NoiseSchedule, sampler: Sampler,
+                 optimizer: Callable[..., torch.optim.Optimizer], lr_scheduler: Callable | None = None,
+                 prediction_type: str = "eps", loss_weighting: str = "uniform", min_snr_gamma: float = 5.0,
+                 loss_type: str = "mse", ema_decay: float | None = 0.999, ema_warmup: bool = True,
+                 num_classes: int | None = None, cond_drop_prob: float = 0.0, guidance_scale: float = 1.0,
+                 sample_shape: list[int] | tuple[int, ...] | None = None, val_timesteps_seed: int = 1234) -> None:
+        super().__init__()
+        check_prediction_type(prediction_type)
+        if loss_weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown loss weighting {loss_weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+        if not 0.0 <= cond_drop_prob <= 1.0:
+            raise ValueError(f"cond_drop_prob must lie in [0, 1], got {cond_drop_prob}")
+        self.save_hyperparameters(ignore=["net", "schedule", "sampler", "optimizer", "lr_scheduler"], logger=False)
+        self.net, self.schedule, self.sampler = net, schedule, sampler
+        self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
+        self.prediction_type, self.loss_weighting, self.min_snr_gamma = prediction_type, loss_weighting, min_snr_gamma
+        self.loss_type = loss_type
+        self.num_classes, self.cond_drop_prob, self.guidance_scale = num_classes, cond_drop_prob, guidance_scale
+        self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
+        self.val_timesteps_seed = val_timesteps_seed
+        self.ema = EMA(self.net, max_decay=ema_decay, warmup=ema_warmup) if ema_decay is not None else None
+        self._use_ema = False
+        sampler.validate(schedule)  # fail before training on impossible sampler settings
+
+    # ----------------------------------------------------------------- hooks for model families
+    def encode(self, x: Tensor) -> Tensor:
+        """Map data to model space (identity for pixel models; latents for latent diffusion)."""
+        return x
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Map model-space samples back to data space."""
+        return z
+
+    def net_conditions(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Keyword arguments for ``net`` taken from a batch (class labels by default)."""
+        if self.num_classes:
+            if "y" not in batch:
+                raise KeyError("this model is class-conditional (num_classes set) but the batch has no 'y'")
+            return {"y": batch["y"]}
+        return {}
+
+    def null_conditions(self, cond: dict[str, Any]) -> dict[str, Any] | None:
+        """The unconditional counterpart of ``cond`` for guidance; ``None`` if the model is unconditional."""
+        if "y" in cond:
+            return {**cond, "y": torch.full_like(cond["y"], -1)}
+        return None
+
+    def drop_conditions(self, cond: dict[str, Any], keep: Tensor) -> dict[str, Any]:
+        """Replace the condition of samples where ``keep`` is False by the null condition."""
+        if "y" in cond:
+            return {**cond, "y": torch.where(keep, cond["y"], torch.full_like(cond["y"], -1))}
+        return cond
+
+    # ----------------------------------------------------------------- training
+    @property
+    def denoiser(self) -> nn.Module:
+        """The network used for prediction: EMA weights inside :meth:`ema_scope`."""
+        return self.ema.shadow if (self._use_ema and self.ema is not None) else self.net
+
+    @contextmanager
+    def ema_scope(self, enabled: bool = True) -> Iterator[None]:
+        """Use the EMA weights for everything inside the block (sampling, evaluation)."""
+        previous = self._use_ema
+        self._use_ema = enabled
+        try:
+            yield
+        finally:
+            self._use_ema = previous
+
+    def diffusion_loss(self, x0: Tensor, cond: dict[str, Any], generator: torch.Generator | None = None) -> Tensor:
+        b = x0.shape[0]
+        t = torch.randint(0, self.schedule.num_timesteps, (b,), device=x0.device, generator=generator)
+        noise = torch.randn(x0.shape, device=x0.device, generator=generator, dtype=x0.dtype)
+        xt = self.schedule.q_sample(x0, t, noise)
+        pred = self.denoiser(xt, t, **cond)
+        target = training_target(self.prediction_type, self.schedule, x0, noise, t)
+        weight = loss_weight(self.loss_weighting, self.schedule, t, self.prediction_type, self.min_snr_gamma)
+        return diffusion_loss(pred, target, weight, self.loss_type)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        x0 = self.encode(batch["x"])
+        cond = self.net_conditions(batch)
+        if cond and self.cond_drop_prob > 0:
+            keep = torch.rand(x0.shape[0], device=x0.device) >= self.cond_drop_prob
+            cond = self.drop_conditions(cond, keep)
+        loss = self.diffusion_loss(x0, cond)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x0.shape[0])
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.net)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        # Fixed timesteps and noise per batch: validation loss is comparable across epochs and runs.
+        gen = torch.Generator(device=self.device).manual_seed(self.val_timesteps_seed + batch_idx)
+        x0 = self.encode(batch["x"])
+        with self.ema_scope(self.ema is not None):
+            loss = self.diffusion_loss(x0, self.net_conditions(batch), generator=gen)
+        self.log("val/loss", loss, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=x0.shape[0])
+        return loss
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        gen = torch.Generator(device=self.device).manual_seed(self.val_timesteps_seed + batch_idx)
+        x0 = self.encode(batch["x"])
+        with self.ema_scope(self.ema is not None):
+            loss = self.diffusion_loss(x0, self.net_conditions(batch), generator=gen)
+        self.log("test/loss", loss, on_epoch=True, sync_dist=True, batch_size=x0.shape[0])
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        opt = self.optimizer_factory(params=[p for p in self.net.parameters() if p.requires_grad])
+        if self.lr_scheduler_factory is None:
+            return opt
+        extra = {}
+        if getattr(self.lr_scheduler_factory, "keywords", {}).get("total_steps") == "auto":
+            extra["total_steps"] = int(self.trainer.estimated_stepping_batches)  # the whole run
+        sched = self.lr_scheduler_factory(optimizer=opt, **extra)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ----------------------------------------------------------------- sampling
+    def model_fn(self, cond: dict[str, Any], guidance_scale: float | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+        scale = self.guidance_scale if guidance_scale is None else guidance_scale
+        null = self.null_conditions(cond) if scale != 1.0 else None
+        if scale != 1.0 and null is None:
+            raise ValueError(f"guidance_scale={scale} needs a conditional model and a condition to guide with")
+        return guided_model_fn(lambda x, t, **c: self.denoiser(x, t, **c), cond, null, scale)
+
+    @torch.no_grad()
+    def sample(self, num: int, cond: dict[str, Any] | None = None, sampler: Sampler | None = None,
+               generator: torch.Generator | None = None, guidance_scale: float | None = None,
+               use_ema: bool = True, step_hook: StepHook | None = None, x_T: Tensor | None = None) -> Tensor:
+        """Draw ``num`` samples in data space (decoded), using the EMA weights by default.
+
+        ``cond`` holds net keyword arguments (e.g. ``{"y": labels}``) with batch size ``num``.
+        For a class-conditional model called without ``cond``, labels cycle through the classes.
+        """
+        if self.sample_shape is None:
+            raise ValueError("sample_shape is not set for this model; set model.sample_shape in the config")
+        if num < 1:
+            raise ValueError(f"num must be >= 1, got {num}")
+        sampler = sampler or self.sampler
+        cond = dict(cond or {})
+        if self.num_classes and "y" not in cond:
+            cond["y"] = torch.arange(num, device=self.device) % self.num_classes
+        cond = {k: (v.to(self.device) if isinstance(v, Tensor) else v) for k, v in cond.items()}
+        was_training = self.training
+        self.eval()
+        try:
+            with self.ema_scope(use_ema and self.ema is not None):
+                z = sampler.sample(self.model_fn(cond, guidance_scale), self.schedule, (num, *self.sample_shape),
+                                   self.prediction_type, generator=generator, device=self.device, x_T=x_T,
+                                   step_hook=step_hook)
+            return self.decode(z)
+        finally:
+            self.train(was_training)

@@ -1,0 +1,1 @@
+"""Metrics, torchmetrics-style (update/compute, DDP-safe)."""
