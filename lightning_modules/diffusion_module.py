@@ -40,6 +40,8 @@ class DiffusionModule(pl.LightningModule):
             (classifier-free guidance needs it > 0).
         guidance_scale: default guidance scale for ``sample()``.
         sample_shape: shape of one sample in model space, e.g. ``[1, 32, 32]``.
+        compile: ``torch.compile`` the network in place (state-dict keys unchanged).
+        channels_last: keep 4-D activations in channels-last memory format (faster convs on GPUs).
     """
 
     def __init__(self, net: nn.Module, schedule: NoiseSchedule, sampler: Sampler,
@@ -47,7 +49,8 @@ class DiffusionModule(pl.LightningModule):
                  prediction_type: str = "eps", loss_weighting: str = "uniform", min_snr_gamma: float = 5.0,
                  loss_type: str = "mse", ema_decay: float | None = 0.999, ema_warmup: bool = True,
                  num_classes: int | None = None, cond_drop_prob: float = 0.0, guidance_scale: float = 1.0,
-                 sample_shape: list[int] | tuple[int, ...] | None = None, val_timesteps_seed: int = 1234) -> None:
+                 sample_shape: list[int] | tuple[int, ...] | None = None, val_timesteps_seed: int = 1234,
+                 compile: bool = False, channels_last: bool = False) -> None:
         super().__init__()
         check_prediction_type(prediction_type)
         if loss_weighting not in WEIGHTINGS:
@@ -63,6 +66,11 @@ class DiffusionModule(pl.LightningModule):
         self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
         self.val_timesteps_seed = val_timesteps_seed
         self.ema = EMA(self.net, max_decay=ema_decay, warmup=ema_warmup) if ema_decay is not None else None
+        self.channels_last, self.compile_net = channels_last, compile
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+            if self.ema is not None:
+                self.ema.shadow.to(memory_format=torch.channels_last)
         self._use_ema = False
         sampler.validate(schedule)  # fail before training on impossible sampler settings
 
@@ -95,6 +103,14 @@ class DiffusionModule(pl.LightningModule):
             return {**cond, "y": torch.where(keep, cond["y"], torch.full_like(cond["y"], -1))}
         return cond
 
+    def configure_model(self) -> None:
+        if self.compile_net and not getattr(self, "_compiled", False):
+            self.net.compile()  # in place: parameter names and checkpoints stay the same
+            self._compiled = True
+
+    def _memory_format(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
+
     # ----------------------------------------------------------------- training
     @property
     def denoiser(self) -> nn.Module:
@@ -115,7 +131,7 @@ class DiffusionModule(pl.LightningModule):
         b = x0.shape[0]
         t = torch.randint(0, self.schedule.num_timesteps, (b,), device=x0.device, generator=generator)
         noise = torch.randn(x0.shape, device=x0.device, generator=generator, dtype=x0.dtype)
-        xt = self.schedule.q_sample(x0, t, noise)
+        xt = self._memory_format(self.schedule.q_sample(x0, t, noise))
         pred = self.denoiser(xt, t, **cond)
         target = training_target(self.prediction_type, self.schedule, x0, noise, t)
         weight = loss_weight(self.loss_weighting, self.schedule, t, self.prediction_type, self.min_snr_gamma)
