@@ -47,12 +47,17 @@ class EMA(nn.Module):
         d = self.decay(int(self.num_updates) + 1)
         self.num_updates += 1
         src = dict(model.named_parameters())
-        for name, p in self.shadow.named_parameters():
-            q = src[name].detach()
+        dst = [p for _, p in self.shadow.named_parameters()]
+        srcs = [src[name].detach() for name, _ in self.shadow.named_parameters()]
+        # One multi-tensor kernel per dtype/device group instead of a Python loop over parameters
+        # (same arithmetic as ``p.lerp_(q, 1 - d)`` / ``p.copy_(q)`` per tensor).
+        if any(q.dtype != p.dtype for p, q in zip(dst, srcs)):
+            srcs = [q.to(p.dtype) for p, q in zip(dst, srcs)]
+        if dst:
             if d == 0.0:
-                p.copy_(q)
+                torch._foreach_copy_(dst, srcs)
             else:
-                p.lerp_(q.to(p.dtype), 1 - d)
+                torch._foreach_lerp_(dst, srcs, 1 - d)
         src_b = dict(model.named_buffers())
         for name, b in self.shadow.named_buffers():
             b.copy_(src_b[name])
