@@ -23,7 +23,7 @@ def images_to_model_space(images: np.ndarray, image_size: int | None = None, res
     """
     if images.dtype != np.uint8:
         raise DataError(f"expected uint8 images, got {images.dtype}")
-    x = torch.from_numpy(np.ascontiguousarray(images))
+    x = torch.from_numpy(np.array(images, copy=True))
     x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
     x = x.float() / 127.5 - 1.0
     if image_size is None or tuple(x.shape[-2:]) == (image_size, image_size):

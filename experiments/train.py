@@ -10,6 +10,7 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from kakusan.errors import UserError
@@ -22,6 +23,17 @@ from kakusan.wandb_setup import configure_wandb_env
 log = logging.getLogger("kakusan.train")
 
 
+def build(node: DictConfig, what: str) -> Any:
+    """Instantiate a config node; a failure caused by bad settings becomes a one-paragraph user error."""
+    try:
+        return hydra.utils.instantiate(node)
+    except InstantiationException as e:
+        cause = e.__cause__ or e
+        if isinstance(cause, (ValueError, TypeError, KeyError, FileNotFoundError, UserError)):
+            raise UserError(f"cannot build the {what} ({node.get('_target_', '?')}): {cause}") from e
+        raise
+
+
 @task_wrapper
 def train(cfg: DictConfig) -> dict[str, Any]:
     set_torch_threads()
@@ -30,10 +42,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     write_manifest(run_dir, seed, hydra_overrides(), module="experiments.train")
 
     log.info("data: %s", cfg.data._target_)
-    datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    datamodule: pl.LightningDataModule = build(cfg.data, "datamodule")
     datamodule.setup("fit")
     log.info("model: %s", cfg.model._target_)
-    model: pl.LightningModule = hydra.utils.instantiate(cfg.model)
+    model: pl.LightningModule = build(cfg.model, "model")
     check_shapes(datamodule, model)
 
     if "wandb" in (cfg.get("logger") or {}):
@@ -43,7 +55,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if group and "wandb" in (cfg.get("logger") or {}) and not cfg.logger.wandb.get("group"):
         logger_kwargs["wandb"] = {"group": group}
     loggers = instantiate_group(cfg.get("logger"), **logger_kwargs)
-    callbacks = instantiate_group(cfg.get("callbacks"), run_metadata={"run_config": resolved_config(cfg)})
+    callbacks = instantiate_group(cfg.get("callbacks"), run_metadata={"run_config": resolved_config(cfg), "_recursive_": False})
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         if hasattr(lg, "log_hyperparams"):

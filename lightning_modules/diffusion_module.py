@@ -23,6 +23,16 @@ from .diffusion.samplers.base import Sampler, StepHook
 from .diffusion.schedule import NoiseSchedule
 
 
+def plain_hparams(hparams: Any) -> None:
+    """Replace OmegaConf containers (Hydra passes lists as ListConfig) by plain Python values, so
+    checkpoints load with ``torch.load(weights_only=True)``, as Lightning does on resume."""
+    from omegaconf import Container, OmegaConf
+
+    for key, value in list(hparams.items()):
+        if isinstance(value, Container):
+            hparams[key] = OmegaConf.to_container(value, resolve=True)
+
+
 class DiffusionModule(pl.LightningModule):
     """Denoising diffusion training and sampling (Ho et al. 2020) for any data shape.
 
@@ -58,6 +68,7 @@ class DiffusionModule(pl.LightningModule):
         if not 0.0 <= cond_drop_prob <= 1.0:
             raise ValueError(f"cond_drop_prob must lie in [0, 1], got {cond_drop_prob}")
         self.save_hyperparameters(ignore=["net", "schedule", "sampler", "optimizer", "lr_scheduler"], logger=False)
+        plain_hparams(self.hparams)
         self.net, self.schedule, self.sampler = net, schedule, sampler
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.prediction_type, self.loss_weighting, self.min_snr_gamma = prediction_type, loss_weighting, min_snr_gamma

@@ -8,13 +8,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
 
 class RunMetadata(pl.Callback):
     def __init__(self, run_config: dict[str, Any] | None = None) -> None:
         super().__init__()
-        self.config = run_config
+        # built with _recursive_=False so nested _target_ entries stay plain config, not objects
+        self.config = OmegaConf.to_container(run_config) if isinstance(run_config, DictConfig) else run_config
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         meta: dict[str, Any] = {"config": self.config}
