@@ -1,0 +1,193 @@
+"""Video sample metrics: frame-wise FID, a temporal-consistency score, and FVD.
+
+- **Frame-wise FID**: every frame is an image; FID between generated and real frames through
+  :func:`lightning_modules.metrics.fid.compute_fid` (``extractor="digits"`` for Moving MNIST).
+- **Temporal consistency**: mean absolute frame-to-frame change ``mean |x_{t+1} - x_t|`` in
+  [0, 1] pixel units, for generated and real clips; their gap says whether samples flicker
+  (too high) or freeze (too low). It is cheap and needs no weights, but it is not a quality score.
+- **FVD** (Unterthiner et al. 2018): Fréchet distance between Gaussians fitted to video features.
+  The feature extractor is pluggable: ``i3d`` loads a TorchScript I3D (the file StyleGAN-V
+  distributes, ``i3d_torchscript.pt``) from a local path only; ``random3d`` is a fixed random
+  3-D conv net, for relative comparisons between runs of this project only (its numbers are
+  not comparable with published FVDs).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import linalg
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from kakusan.errors import UserError
+
+VideoExtractor = Callable[[Tensor], Tensor]  # (B, T, C, H, W) in [-1, 1] -> (B, F)
+I3D_URL = "https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt (as used by StyleGAN-V / DIGAN)"
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6) -> float:
+    """``|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2))`` in float64 (the FID / FVD formula)."""
+    mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
+    sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
+    diff = mu1 - mu2
+    covmean, _ = linalg.sqrtm(sigma1.dot(sigma2), disp=False)
+    if not np.isfinite(covmean).all():  # singular product: regularise, as pytorch-fid does
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    covmean = covmean.real
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+# --------------------------------------------------------------------------- extractors
+class RandomConv3dExtractor(nn.Module):
+    """A fixed, randomly initialised 3-D conv net (seeded): ``(B,T,C,H,W) -> (B, 2 * width * 4)``.
+
+    Features are spatio-temporal means and standard deviations of its last activations, so they
+    react to motion as well as appearance. Only for comparisons inside this project.
+    """
+
+    def __init__(self, in_channels: int = 1, width: int = 16, seed: int = 0) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        chans = [in_channels, width, width * 2, width * 4]
+        self.convs = nn.ModuleList(nn.Conv3d(a, b, 3, stride=(1, 2, 2), padding=1) for a, b in zip(chans, chans[1:]))
+        with torch.no_grad():
+            for conv in self.convs:
+                fan_in = conv.weight[0].numel()
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
+                conv.bias.zero_()
+        self.requires_grad_(False).eval()
+
+    @torch.no_grad()
+    def forward(self, clips: Tensor) -> Tensor:
+        h = clips.float().transpose(1, 2)  # (B, C, T, H, W)
+        for conv in self.convs:
+            h = F.leaky_relu(conv(h), 0.2)
+        return torch.cat([h.mean(dim=(2, 3, 4)), h.flatten(2).std(dim=2)], dim=1)
+
+
+class I3DExtractor(nn.Module):
+    """TorchScript I3D features (400-class Kinetics model; StyleGAN-V's ``i3d_torchscript.pt``).
+
+    Clips ``(B,T,C,H,W)`` in [-1, 1]; grey clips are repeated to RGB; the script resizes to 224.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self.model = torch.jit.load(str(path), map_location="cpu").eval()
+
+    @torch.no_grad()
+    def forward(self, clips: Tensor) -> Tensor:
+        x = clips.float()
+        if x.shape[2] == 1:
+            x = x.repeat(1, 1, 3, 1, 1)
+        return self.model(x.transpose(1, 2).contiguous(), rescale=False, resize=True, return_features=True)
+
+
+def resolve_i3d_path(path: str | None = None, cache_dir: str | None = None) -> Path:
+    """The local I3D file: ``path``, else ``$KAKUSAN_I3D_PATH``, else ``<cache_dir>/i3d_torchscript.pt``."""
+    candidates = [p for p in (path, os.environ.get("KAKUSAN_I3D_PATH"),
+                              str(Path(cache_dir) / "i3d_torchscript.pt") if cache_dir else None) if p]
+    for p in candidates:
+        if Path(p).is_file():
+            return Path(p)
+    raise UserError(f"FVD with the I3D extractor needs the TorchScript I3D weights, not found at "
+                    f"{', '.join(candidates) or '(no path given)'}. Download i3d_torchscript.pt from {I3D_URL} "
+                    f"and set metrics.i3d_path (or $KAKUSAN_I3D_PATH) to it, or use the 'random3d' extractor "
+                    f"for comparisons within this project (not comparable with published FVDs).")
+
+
+def video_extractor(name: str | VideoExtractor, in_channels: int = 1, i3d_path: str | None = None,
+                    cache_dir: str | None = None, seed: int = 0) -> VideoExtractor:
+    """``"i3d"`` | ``"random3d"`` | any callable ``(B,T,C,H,W) -> (B,F)``."""
+    if callable(name):
+        return name
+    if name == "i3d":
+        return I3DExtractor(resolve_i3d_path(i3d_path, cache_dir))
+    if name == "random3d":
+        return RandomConv3dExtractor(in_channels, seed=seed)
+    raise UserError(f"unknown video feature extractor {name!r}; choose i3d or random3d (or pass a callable)")
+
+
+# --------------------------------------------------------------------------- metrics
+class FrechetVideoDistance(Metric):
+    """FVD as a torchmetrics metric: ``update(clips, real=bool)`` then ``compute()``.
+
+    Feature sums and outer-product sums (float64) are the states, so DDP reduces them exactly.
+    """
+
+    full_state_update = False
+
+    def __init__(self, extractor: VideoExtractor, feature_dim: int | None = None, batch_size: int = 32, **kw) -> None:
+        super().__init__(**kw)
+        self.extractor, self.batch_size = extractor, batch_size
+        if feature_dim is None:
+            raise ValueError("feature_dim is required (run the extractor once on a dummy clip to get it)")
+        for side in ("real", "fake"):
+            self.add_state(f"{side}_sum", torch.zeros(feature_dim, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(f"{side}_outer", torch.zeros(feature_dim, feature_dim, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(f"{side}_n", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, clips: Tensor, real: bool) -> None:
+        side = "real" if real else "fake"
+        for chunk in clips.split(self.batch_size):
+            f = self.extractor(chunk.to(self.device)).double()
+            setattr(self, f"{side}_sum", getattr(self, f"{side}_sum") + f.sum(0))
+            setattr(self, f"{side}_outer", getattr(self, f"{side}_outer") + f.T @ f)
+            setattr(self, f"{side}_n", getattr(self, f"{side}_n") + f.shape[0])
+
+    def _stats(self, side: str) -> tuple[np.ndarray, np.ndarray]:
+        n = getattr(self, f"{side}_n")
+        if n < 2:
+            raise ValueError(f"FVD needs at least 2 {side} clips, got {int(n)}")
+        mu = getattr(self, f"{side}_sum") / n
+        cov = (getattr(self, f"{side}_outer") - n * torch.outer(mu, mu)) / (n - 1)
+        return mu.cpu().numpy(), cov.cpu().numpy()
+
+    def compute(self) -> Tensor:
+        return torch.tensor(frechet_distance(*self._stats("fake"), *self._stats("real")))
+
+
+def compute_fvd(fake: Tensor, real: Tensor, extractor: str | VideoExtractor = "random3d", batch_size: int = 32,
+                i3d_path: str | None = None, cache_dir: str | None = None) -> float:
+    """FVD between two sets of clips ``(N, T, C, H, W)`` in [-1, 1]."""
+    ext = video_extractor(extractor, real.shape[2], i3d_path, cache_dir)
+    dim = ext(real[:1]).shape[-1]
+    metric = FrechetVideoDistance(ext, feature_dim=dim, batch_size=batch_size)
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    return float(metric.compute())
+
+
+def temporal_change(clips: Tensor) -> Tensor:
+    """Per-clip mean absolute frame-to-frame change in [0, 1] pixel units: ``(N,)``."""
+    if clips.ndim != 5 or clips.shape[1] < 2:
+        raise ValueError(f"need clips (N, T>=2, C, H, W), got {tuple(clips.shape)}")
+    return (clips[:, 1:] - clips[:, :-1]).abs().float().mean(dim=(1, 2, 3, 4)) / 2.0
+
+
+def frame_fid(fake: Tensor, real: Tensor, extractor: str = "digits", batch_size: int = 256, device=None) -> float:
+    """FID between all frames of ``fake`` and of ``real`` clips ``(N, T, C, H, W)``."""
+    from .fid import compute_fid  # the image-metrics module (clean-fid protocol / digits features)
+
+    return compute_fid(fake.flatten(0, 1), real.flatten(0, 1), extractor=extractor, batch_size=batch_size, device=device)
+
+
+def video_metrics(fake: Tensor, real: Tensor, fid_extractor: str | None = "digits",
+                  fvd_extractor: str | VideoExtractor | None = "random3d", i3d_path: str | None = None,
+                  cache_dir: str | None = None) -> dict[str, float]:
+    """All video metrics for generated ``fake`` and ``real`` clips; ``None`` skips FID or FVD."""
+    tc_fake, tc_real = temporal_change(fake).mean().item(), temporal_change(real).mean().item()
+    out = {"video/temporal_change_fake": tc_fake, "video/temporal_change_real": tc_real,
+           "video/temporal_change_gap": abs(tc_fake - tc_real)}
+    if fid_extractor:
+        out[f"video/frame_fid_{fid_extractor}"] = frame_fid(fake, real, fid_extractor)
+    if fvd_extractor is not None:
+        name = fvd_extractor if isinstance(fvd_extractor, str) else "custom"
+        out[f"video/fvd_{name}"] = compute_fvd(fake, real, fvd_extractor, i3d_path=i3d_path, cache_dir=cache_dir)
+    return out

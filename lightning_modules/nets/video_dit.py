@@ -1,0 +1,148 @@
+"""Video diffusion transformer in the style of Latte (Ma et al. 2024, "Latte: Latent Diffusion
+Transformer for Video Generation").
+
+Each frame of ``(B, T, C, H, W)`` is patch-embedded on its own (Latte's "uniform frame patch
+embedding"), giving tokens ``(B, T, N, D)`` with a fixed 2-D sin-cos spatial and a 1-D sin-cos
+temporal position embedding. The transformer is one of Latte's four model variants (Sec. 3.2):
+
+- ``interleaved`` (Variant 1): spatial and temporal DiT blocks alternate.
+- ``late_fusion`` (Variant 2): all spatial blocks first, then all temporal blocks.
+- ``factorised`` (Variant 3): one block holds spatial attention then temporal attention then MLP.
+- ``joint``: full spatio-temporal self-attention over all ``T * N`` tokens (the usual baseline).
+
+(Latte's Variant 4, heads split between spatial and temporal attention, is not implemented.)
+A spatial block attends within a frame; a temporal block attends along time at one patch
+position. Blocks are the image DiT's adaLN-Zero blocks, so an untrained network outputs zeros.
+``independent_frames=True`` skips every temporal operation (temporal attention and temporal
+position embedding): frames are then denoised as independent images (joint image-video training).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .dit import Attention, DiT, DiTBlock, Mlp, _bcast, modulate, sincos_1d
+
+VARIANTS = ("interleaved", "late_fusion", "factorised", "joint")
+
+
+class FactorisedBlock(nn.Module):
+    """Latte Variant 3: spatial attention, temporal attention and MLP inside one adaLN-Zero block.
+
+    Tokens ``(B, T, N, D)``. Each of the three sub-layers has its own shift / scale / gate.
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, context_dim: int | None = None) -> None:
+        super().__init__()
+        self.norm_s = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn_s = Attention(dim, heads)
+        self.norm_t = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn_t = Attention(dim, heads)
+        self.cross = None
+        if context_dim is not None:
+            self.norm_cross = nn.LayerNorm(dim, eps=1e-6)
+            self.cross = Attention(dim, heads, context_dim=context_dim)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 9 * dim))
+
+    def spatial(self, x: Tensor, mods: list[Tensor]) -> Tensor:
+        shift, scale, gate = mods[0:3]
+        return x + gate * self.attn_s(modulate(self.norm_s(x), shift, scale))
+
+    def temporal(self, x: Tensor, mods: list[Tensor]) -> Tensor:
+        shift, scale, gate = (m.transpose(1, 2) for m in mods[3:6])
+        xt = x.transpose(1, 2)  # (B, N, T, D): attend along time
+        return x + (gate * self.attn_t(modulate(self.norm_t(xt), shift, scale))).transpose(1, 2)
+
+    def forward(self, x: Tensor, c: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None,
+                independent_frames: bool = False) -> Tensor:
+        mods = [_bcast(m, x) for m in self.adaLN_modulation(c).chunk(9, dim=-1)]
+        x = self.spatial(x, mods)
+        if not independent_frames:
+            x = self.temporal(x, mods)
+        if self.cross is not None and context is not None:
+            x = x + self.cross(self.norm_cross(x), context, context_mask)
+        shift, scale, gate = mods[6:9]
+        return x + gate * self.mlp(modulate(self.norm2(x), shift, scale))
+
+
+class VideoDiT(DiT):
+    """Latte-style video DiT on ``(B, T, C, H, W)``; forward ``(x, t, y=None, context=None)``.
+
+    Args:
+        num_frames: clip length ``T`` (the temporal position table's size).
+        variant: ``interleaved`` | ``late_fusion`` | ``factorised`` | ``joint`` (see module doc).
+        depth: number of transformer blocks; for ``interleaved`` / ``late_fusion`` it must be even
+            (half spatial, half temporal), as in Latte-XL's 28 = 14 + 14.
+        other arguments: as :class:`DiT`.
+    """
+
+    def __init__(self, num_frames: int = 16, variant: str = "interleaved", input_size: int = 32, patch_size: int = 2,
+                 in_channels: int = 4, hidden_size: int = 384, depth: int = 12, num_heads: int = 6,
+                 mlp_ratio: float = 4.0, num_classes: int | None = None, learn_sigma: bool = False,
+                 context_dim: int | None = None, gradient_checkpointing: bool = False) -> None:
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown video DiT variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+        if variant in ("interleaved", "late_fusion") and depth % 2:
+            raise ValueError(f"variant {variant!r} needs an even depth (spatial + temporal blocks), got {depth}")
+        self._variant = variant  # read by make_block during DiT.__init__
+        super().__init__(input_size=input_size, patch_size=patch_size, in_channels=in_channels,
+                         hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                         num_classes=num_classes, learn_sigma=learn_sigma, context_dim=context_dim,
+                         gradient_checkpointing=gradient_checkpointing)
+        self.num_frames, self.variant = num_frames, variant
+        # what each block attends over: "s" within a frame, "t" along time, "st" everything, "f" factorised
+        self.block_kinds = {"interleaved": ["s", "t"] * (depth // 2),
+                            "late_fusion": ["s"] * (depth // 2) + ["t"] * (depth // 2),
+                            "factorised": ["f"] * depth, "joint": ["st"] * depth}[variant]
+        self.register_buffer("temp_embed", sincos_1d(hidden_size, torch.arange(num_frames)).float()[None, :, None],
+                             persistent=False)
+
+    def make_block(self, dim: int, heads: int, mlp_ratio: float, context_dim: int | None) -> nn.Module:
+        if self._variant == "factorised":
+            return FactorisedBlock(dim, heads, mlp_ratio, context_dim)
+        return DiTBlock(dim, heads, mlp_ratio, context_dim)
+
+    def _block(self, block: nn.Module, kind: str, h: Tensor, c: Tensor, context: Tensor | None,
+               context_mask: Tensor | None, independent: bool) -> Tensor:
+        b, t, n, d = h.shape
+        if kind == "f":
+            args = (h, c, context, context_mask, independent)
+        elif kind == "s":
+            args = (h, c, context, context_mask)
+        elif kind == "t":
+            if independent:
+                return h
+            return self._call(block, h.transpose(1, 2), c, context, context_mask).transpose(1, 2)
+        else:  # joint: independent frames fall back to per-frame attention
+            args = (h if independent else h.reshape(b, t * n, d), c, context, context_mask)
+            return self._call(block, *args).reshape(b, t, n, d)
+        return self._call(block, *args)
+
+    def _call(self, block: nn.Module, *args) -> Tensor:
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, context: Tensor | None = None,
+                context_mask: Tensor | None = None, independent_frames: bool = False) -> Tensor:
+        if x.ndim != 5 or tuple(x.shape[2:]) != (self.in_channels, self.input_size, self.input_size):
+            raise ValueError(f"VideoDiT expects (B, T, {self.in_channels}, {self.input_size}, {self.input_size}), "
+                             f"got {tuple(x.shape)}")
+        b, nt = x.shape[:2]
+        if nt > self.num_frames:
+            raise ValueError(f"clip has {nt} frames but the network was built for num_frames={self.num_frames}")
+        h = self.embed(x.flatten(0, 1))  # per-frame patch embedding + spatial position
+        h = h.reshape(b, nt, *h.shape[1:])
+        if not independent_frames:
+            h = h + self.temp_embed[:, :nt].to(h.dtype)
+        c = self.condition(t, y, b).to(h.dtype)
+        for block, kind in zip(self.blocks, self.block_kinds):
+            h = self._block(block, kind, h, c, context, context_mask, independent_frames)
+        out = self.final_layer(h, c)  # (B, T, N, p*p*C)
+        return self.unpatchify(out.flatten(0, 1)).reshape(b, nt, self.out_channels, self.input_size, self.input_size)
+
+
+__all__ = ["VideoDiT", "FactorisedBlock", "DiTBlock", "VARIANTS"]
