@@ -64,6 +64,32 @@ def resize_masks(masks: Tensor, size: int) -> Tensor:
     return (F.interpolate(masks.float(), size=(size, size), mode="area") >= 0.5).float()
 
 
+@lru_cache(maxsize=4)
+def view_arrays(data_dir: str, view: str, image_size: int, crop_size: int, keypoint_mode: str,
+                keypoint_sigma: float, margin: float, min_side: float) -> dict[str, Tensor]:
+    """Every detected photo in one view: ``x``, ``y`` and ``cond.*`` tensors (cached per process)."""
+    d = load_hands(data_dir)
+    rgb = torch.from_numpy(d["images"]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    mask = torch.from_numpy(d["masks"])[:, None].float()
+    kp = check_keypoints(torch.from_numpy(d["keypoints"]), min_visible=21)
+    box = hand_box(kp, margin, min_side)
+    if view == "crop":
+        size = crop_size
+        rgb_v = crop(rgb, box, size).clamp(-1, 1)
+        mask_v = (crop(mask, box, size, padding_mode="zeros") >= 0.5).float()
+        x, kp_v = torch.cat([rgb_v, mask_v * 2 - 1], 1), to_crop_coords(kp, box)
+    else:
+        size = image_size
+        rgb_v = F.interpolate(rgb, size=(size, size), mode="bilinear", antialias=True,
+                              align_corners=False).clamp(-1, 1) if size != rgb.shape[-1] else rgb
+        mask_v = resize_masks(mask, size)
+        x, kp_v = rgb_v, kp
+    kmap = render_keypoints(kp_v, size, keypoint_mode, keypoint_sigma)
+    return {"x": x.contiguous(), "y": torch.from_numpy(d["labels"]), "cond.keypoint_map": kmap,
+            "cond.keypoints": kp_v.contiguous(), "cond.mask": mask_v, "cond.known": rgb_v * mask_v,
+            "cond.known_mask": mask_v, "cond.box": box}
+
+
 class _HandsDataset(TensorDictDataset):
     """Items ``{"x", "y", "cond": {...}}`` from aligned tensors (``cond.*`` fields are regrouped)."""
 
@@ -98,28 +124,10 @@ class HandsDataModule(ArrayDataModule):
         return condition_channels(self.keypoint_mode)
 
     def arrays(self) -> dict[str, Tensor]:
-        """Every detected photo in this datamodule's view: ``x``, ``y`` and ``cond.*`` tensors."""
-        d = load_hands(self.data_dir)
-        rgb = torch.from_numpy(d["images"]).permute(0, 3, 1, 2).float() / 127.5 - 1
-        mask = torch.from_numpy(d["masks"])[:, None].float()
-        kp = check_keypoints(torch.from_numpy(d["keypoints"]), min_visible=21)
-        box = hand_box(kp, self.margin, self.min_side)
-        if self.view == "crop":
-            size = self.crop_size
-            rgb_c = crop(rgb, box, size).clamp(-1, 1)
-            mask_c = (crop(mask, box, size, padding_mode="zeros") >= 0.5).float()
-            x = torch.cat([rgb_c, mask_c * 2 - 1], 1)
-            kp_v, mask_v, rgb_v = to_crop_coords(kp, box), mask_c, rgb_c
-        else:
-            size = self.image_size
-            rgb_v = F.interpolate(rgb, size=(size, size), mode="bilinear", antialias=True,
-                                  align_corners=False).clamp(-1, 1) if size != rgb.shape[-1] else rgb
-            mask_v = resize_masks(mask, size)
-            x, kp_v = rgb_v, kp
-        kmap = render_keypoints(kp_v, size, self.keypoint_mode, self.keypoint_sigma)
-        return {"x": x.contiguous(), "y": torch.from_numpy(d["labels"]), "cond.keypoint_map": kmap,
-                "cond.keypoints": kp_v.contiguous(), "cond.mask": mask_v, "cond.known": rgb_v * mask_v,
-                "cond.known_mask": mask_v, "cond.box": box}
+        """Every detected photo in this datamodule's view: ``x``, ``y`` and ``cond.*`` tensors (cached per process)."""
+        return dict(view_arrays(self.data_dir, self.view, self.image_size, self.crop_size, self.keypoint_mode,
+                                 self.keypoint_sigma, self.margin, self.min_side))
+
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
