@@ -172,10 +172,18 @@ def temporal_change(clips: Tensor) -> Tensor:
 
 
 def frame_fid(fake: Tensor, real: Tensor, extractor: str = "digits", batch_size: int = 256, device=None) -> float:
-    """FID between all frames of ``fake`` and of ``real`` clips ``(N, T, C, H, W)``."""
+    """FID between all frames of ``fake`` and of ``real`` clips ``(N, T, C, H, W)``.
+
+    For the ``digits`` extractor (an MNIST classifier on 32x32), frames of other sizes are resized
+    bilinearly to 32x32 first, both fake and real alike.
+    """
     from .fid import compute_fid  # the image-metrics module (clean-fid protocol / digits features)
 
-    return compute_fid(fake.flatten(0, 1), real.flatten(0, 1), extractor=extractor, batch_size=batch_size, device=device)
+    f, r = fake.flatten(0, 1).float(), real.flatten(0, 1).float()
+    if extractor == "digits" and tuple(f.shape[-2:]) not in ((28, 28), (32, 32)):
+        f, r = (F.interpolate(z, size=(32, 32), mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
+                for z in (f, r))
+    return compute_fid(f, r, extractor=extractor, batch_size=batch_size, device=device)
 
 
 def video_metrics(fake: Tensor, real: Tensor, fid_extractor: str | None = "digits",
