@@ -66,7 +66,8 @@ def make_video_tree(root):
     ramp = (np.arange(12, dtype=np.uint8) * 10)[:, None, None] * np.ones((1, 8, 10), np.uint8)
     write_frames(root / "jump" / "clip_a", ramp)
     np.save(root / "jump" / "clip_b.npy", ramp)
-    np.save(root / "run" / "clip_c.npy", ramp[..., None].repeat(3, -1)) if (root / "run").mkdir() is None else None
+    (root / "run").mkdir()
+    np.save(root / "run" / "clip_c.npy", ramp[..., None].repeat(3, -1))
     frames = [np.repeat(f[..., None], 3, -1) for f in ramp]
     save_gif(frames, root / "run" / "clip_d.gif", fps=10, scale=1)
     return ramp

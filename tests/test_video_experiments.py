@@ -1,6 +1,5 @@
 """Video / DiT experiments end to end on CPU: fast_dev_run, the ablation configs, UCF-101 without data,
 and frame-wise latent video diffusion through an autoencoder checkpoint."""
-import json
 from pathlib import Path
 
 import hydra
@@ -9,6 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 from experiments.train import train
+from kakusan.errors import UserError
 
 FAST = ["debug=fast_dev_run", "logger=csv"]
 
@@ -72,7 +72,5 @@ def test_framewise_latent_video_through_autoencoder_checkpoint(make_cfg, tmp_pat
     clips = model.sample(2, sampler=sampler, generator=torch.Generator().manual_seed(0))
     assert clips.shape == (2, 8, 1, 32, 32) and clips.abs().max() <= 1
     bad = make_cfg(["experiment=video_dit_moving_mnist", f"model.autoencoder_ckpt={tmp_path}/none.ckpt"], sub="bad")
-    from kakusan.errors import UserError
-
     with pytest.raises(UserError, match="none.ckpt"):
         hydra.utils.instantiate(bad.model).setup("fit")
