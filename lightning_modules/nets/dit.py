@@ -177,8 +177,9 @@ class DiT(nn.Module):
         in_channels: input channels (1 for MNIST pixels, 4 for SD latents).
         patch_size, hidden_size, depth, num_heads, mlp_ratio: the transformer.
         num_classes: class conditioning (``None``/0 = unconditional); label -1 is the null class.
-        learn_sigma: output ``2 * in_channels`` channels (mean and variance, as in the paper).
-            Keep it off with ``DiffusionModule``, which trains the simple loss on the first output.
+        learn_sigma: output ``2 * in_channels`` channels (mean and variance, as in the paper; used
+            for the paper's parameter counts). Keep it off with ``DiffusionModule``, whose simple
+            loss compares the output with an ``in_channels`` target.
         context_dim: add cross-attention to a context sequence ``(B, L, context_dim)``.
         gradient_checkpointing: recompute block activations in backward (saves memory).
     """
