@@ -69,7 +69,7 @@ class DDIMSampler(Sampler):
 
     name = "ddim"
 
-    def __init__(self, steps: int | None = 50, spacing: str = "leading", eta: float = 0.0,
+    def __init__(self, steps: int | None = 50, spacing: str = "trailing", eta: float = 0.0,
                  set_alpha_to_one: bool = True, **kw) -> None:
         check_spacing(spacing)
         if eta < 0 or eta > 1:
