@@ -1,0 +1,204 @@
+"""Two-stage hands: ``python -m experiments.hands stage1_ckpt=... stage2_ckpt=... [hands_ablation=NAME]``.
+
+Samples the whole chain (stage-1 hand + mask, placement, stage-2 outpainting with the chosen blend)
+from the keypoints and labels of real photos, then writes into the run folder:
+
+- ``summary.json``: ``seam_score`` (mean gradient magnitude on the composite boundary band) with
+  the real photos' ``seam_real`` along their own hand boundary and the ratio; ``mpjpe_px`` (keypoint
+  regressor on the generated frames vs the conditioning keypoints, pixels) with the regressor's own
+  error on the real photos (``mpjpe_real_px``, the floor); ``fid_inception`` against the real photos
+  of the split (few images: compare runs, not papers) and ``fid_handpose`` (Fréchet distance in the
+  regressor's 128-d features, a cheap hand-specific number);
+- ``figure.png``: rows = keypoints, stage-1 hand, stage-1 mask, then the final frame of each blend
+  (one_stage, paste, expansion) on the same hands and seeds, then the real photo;
+- in a multirun, ``ablation_table.csv`` / ``.md`` in the sweep folder, over every finished job.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from PIL import Image
+
+from kakusan.checkpoint import load_module, read_checkpoint, checkpoint_config
+from kakusan.errors import UserError
+from kakusan.images import image_grid
+from kakusan.manifest import write_manifest
+from kakusan.run import hydra_overrides, is_multirun, resolved_config, seed_everything, set_torch_threads, task_wrapper
+from kakusan.summary import update_summary
+from kakusan.wandb_setup import configure_wandb_env
+from lightning_modules.diffusion.mask_expansion import ExpansionSchedule, dilate_mask
+from lightning_modules.hand_pipeline import HandTwoStagePipeline
+from lightning_modules.metrics.hand_seam import seam_score
+
+log = logging.getLogger("kakusan.hands")
+TABLE_KEYS = ("ablation", "seam_score", "seam_real", "seam_ratio", "mpjpe_px", "mpjpe_real_px", "fid_inception",
+              "fid_handpose", "num_samples")
+FIGURE_BLENDS = ("one_stage", "paste", "expansion")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def generate(pipe: HandTwoStagePipeline, kp: torch.Tensor, y: torch.Tensor, blend: str, sched: ExpansionSchedule,
+             batch_size: int, seed: int, hands: list | None = None) -> tuple[dict[str, torch.Tensor], list]:
+    """Run the pipeline in batches (batch ``b`` uses seed ``seed + 10 b``); returns stacked outputs and the hands."""
+    outs: dict[str, list[torch.Tensor]] = {}
+    new_hands = []
+    for b, s in enumerate(range(0, len(kp), batch_size)):
+        o = pipe(kp[s:s + batch_size], y[s:s + batch_size], blend, sched, seed=seed + 10 * b,
+                 hands=hands[b] if hands else None)
+        new_hands.append((o.hand_rgb, o.hand_mask) if o.hand_rgb is not None else None)
+        for k in ("final", "keypoint_map", "hand_rgb", "hand_mask", "composite_mask"):
+            v = getattr(o, k)
+            if v is not None:
+                outs.setdefault(k, []).append(v.cpu())
+    return {k: torch.cat(v) for k, v in outs.items()}, new_hands
+
+
+@lru_cache(maxsize=4)
+def _pose_model(path: str, device: str):
+    return load_module(path, device)[0]
+
+
+@lru_cache(maxsize=4)
+def _inception_real(key: str, real: Any) -> Any:  # keyed by the split; the tensor rides along
+    from lightning_modules.metrics.fid import extract_features, feature_stats
+
+    return feature_stats(extract_features(real, "inception"))
+
+
+def hand_metrics(cfg: DictConfig, pipe: HandTwoStagePipeline, gen: dict[str, torch.Tensor], real: dict[str, Any],
+                 blend: str, sched: ExpansionSchedule, device: torch.device) -> dict[str, Any]:
+    out: dict[str, Any] = {"num_samples": int(len(gen["final"]))}
+    final, x_real = gen["final"], real["x"]
+    real_mask = real["cond"]["mask"]
+    radius = sched.r_end if blend in ("expansion", "fixed") else 0
+    comp = gen.get("composite_mask", real_mask)  # one_stage: the real photo's hand boundary as the place to look
+    w = int(cfg.metrics.seam_width)
+    out["seam_score"] = float(seam_score(final, comp, w))
+    out["seam_real"] = float(seam_score(x_real, dilate_mask(real_mask, radius), w))
+    out["seam_ratio"] = out["seam_score"] / max(out["seam_real"], 1e-12)
+    if cfg.pose_ckpt:
+        from lightning_modules.metrics.fid import feature_stats, frechet_distance
+        from lightning_modules.metrics.hand_pose import mpjpe_px, predict_keypoints
+
+        reg = _pose_model(str(cfg.pose_ckpt), str(device))
+        kp_gen, f_gen = predict_keypoints(reg, final)
+        kp_real, f_real = predict_keypoints(reg, x_real)
+        target = real["cond"]["keypoints"]
+        size = final.shape[-1]
+        out["mpjpe_px"] = float(mpjpe_px(kp_gen, target, size))
+        out["mpjpe_real_px"] = float(mpjpe_px(kp_real, target, size))
+        out["fid_handpose"] = frechet_distance(*feature_stats(f_gen), *feature_stats(f_real))
+    if cfg.metrics.fid_extractor == "inception":
+        from lightning_modules.metrics.fid import extract_features, feature_stats, frechet_distance
+
+        try:
+            ref = _inception_real(f"{cfg.stage2_ckpt}:{cfg.split}:{len(x_real)}", x_real)
+            out["fid_inception"] = frechet_distance(*feature_stats(extract_features(final, "inception")), *ref)
+        except UserError as e:  # weights missing: say so instead of failing the whole evaluation
+            log.warning("fid_inception skipped: %s", e)
+            out["fid_inception_error"] = str(e)
+    return out
+
+
+def figure(pipe: HandTwoStagePipeline, cfg: DictConfig, real: dict[str, Any], sched: ExpansionSchedule,
+           path: Path) -> Path:
+    """Rows: keypoints | stage-1 hand | stage-1 mask | one_stage | paste | expansion | real photo."""
+    n = min(int(cfg.figure.num), len(real["x"]))
+    kp, y = real["cond"]["keypoints"][:n], real["y"][:n]
+    gens = {}
+    hands = None
+    for blend in FIGURE_BLENDS[1:]:
+        gens[blend], hands = generate(pipe, kp, y, blend, sched, n, cfg.seed, hands)
+    gens["one_stage"], _ = generate(pipe, kp, y, "one_stage", sched, n, cfg.seed)
+    g = gens["expansion"]
+    s = g["final"].shape[-1]
+    resize = lambda t: torch.nn.functional.interpolate(t, size=(s, s), mode="nearest")  # noqa: E731
+    kmap = g["keypoint_map"].amax(1, keepdim=True).repeat(1, 3, 1, 1) * 2 - 1
+    rows = [kmap, resize(g["hand_rgb"]), resize(g["hand_mask"]).repeat(1, 3, 1, 1) * 2 - 1,
+            gens["one_stage"]["final"], gens["paste"]["final"], g["final"], real["x"][:n]]
+    grid = image_grid(torch.cat(rows), nrow=n)
+    img = Image.fromarray(grid)
+    img = img.resize((img.width * cfg.figure.scale, img.height * cfg.figure.scale), Image.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
+def write_ablation_table(folder: Path) -> Path | None:
+    """Aggregate ``*/summary.json`` under ``folder`` into ``ablation_table.csv`` and ``.md``."""
+    rows = []
+    for p in sorted(folder.glob("*/summary.json")):
+        s = json.loads(p.read_text())
+        if s.get("status") == "finished" and "ablation" in s:
+            rows.append({k: s.get(k, "") for k in TABLE_KEYS})
+    if not rows:
+        return None
+    with open(folder / "ablation_table.csv", "w", newline="") as fh:
+        wr = csv.DictWriter(fh, fieldnames=TABLE_KEYS)
+        wr.writeheader()
+        wr.writerows(rows)
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    md = ["| " + " | ".join(TABLE_KEYS) + " |", "|" + "---|" * len(TABLE_KEYS)]
+    md += ["| " + " | ".join(fmt(r[k]) for k in TABLE_KEYS) + " |" for r in rows]
+    (folder / "ablation_table.md").write_text("\n".join(md) + "\n")
+    return folder / "ablation_table.md"
+
+
+@task_wrapper
+def run_hands(cfg: DictConfig) -> dict[str, Any]:
+    set_torch_threads()
+    run_dir = Path(cfg.paths.output_dir)
+    seed = seed_everything(cfg.seed)
+    write_manifest(run_dir, seed, hydra_overrides(), module="experiments.hands")
+    device = _device(cfg.device)
+    sampler = hydra.utils.instantiate(cfg.sampler)
+    pipe = HandTwoStagePipeline.from_checkpoints(cfg.stage1_ckpt, cfg.stage2_ckpt, cfg.one_stage_ckpt, device, sampler)
+    data_cfg = checkpoint_config(read_checkpoint(cfg.stage2_ckpt), cfg.stage2_ckpt).data
+    dm = hydra.utils.instantiate(data_cfg, view="frame")
+    real = dm.real_batch(int(cfg.num_samples), cfg.split)
+    sched = ExpansionSchedule(**cfg.expansion)
+    blend = str(cfg.blend)
+    log.info("ablation %s: %d samples, blend %s, radii %s", cfg.hands_ablation.name, len(real["x"]), blend,
+             sched.radii(len(sampler.timesteps(pipe.stage2.schedule))))
+    gen, _ = generate(pipe, real["cond"]["keypoints"], real["y"], blend, sched, int(cfg.batch_size), cfg.seed)
+    values = {"ablation": str(cfg.hands_ablation.name), "blend": blend, "seed": seed,
+              **hand_metrics(cfg, pipe, gen, real, blend, sched, device)}
+    fig = figure(pipe, cfg, real, sched, run_dir / "figure.png")
+    values["figure"] = str(fig)
+    if cfg.wandb.enabled:
+        configure_wandb_env()
+        import wandb
+
+        run = wandb.init(project=cfg.wandb.project, name=f"{cfg.task_name}-{values['ablation']}", job_type="hands",
+                         dir=str(run_dir), tags=list(cfg.tags), config=resolved_config(cfg), reinit=True)
+        run.log({**{k: v for k, v in values.items() if isinstance(v, (int, float))}, "figure": wandb.Image(str(fig))})
+        run.finish()
+    summary = update_summary(run_dir, {**values, "status": "finished"})
+    if is_multirun():
+        table = write_ablation_table(run_dir.parent)
+        log.info("ablation table: %s", table)
+    log.info("run folder: %s\n%s", run_dir, json.dumps({k: summary.get(k) for k in TABLE_KEYS}, indent=1))
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="hands")
+def main(cfg: DictConfig) -> None:
+    run_hands(cfg)
+
+
+if __name__ == "__main__":
+    main()
