@@ -19,7 +19,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from experiments.sample import pick_device
+from experiments.sample import inherit_x0_settings, pick_device
 from kakusan.checkpoint import load_datamodule, load_module
 from kakusan.errors import UserError
 from kakusan.manifest import write_manifest
@@ -66,8 +66,9 @@ def build_metrics(cfg: DictConfig) -> dict[str, MetricFn]:
     return out
 
 
-def build_samplers(cfg: DictConfig, schedule: Any) -> dict[str, list[tuple[int, Any]]]:
-    """``{name: [(steps, sampler), ...]}``, every sampler validated before any sampling."""
+def build_samplers(cfg: DictConfig, schedule: Any, trained: DictConfig | None = None) -> dict[str, list[tuple[int, Any]]]:
+    """``{name: [(steps, sampler), ...]}``, every sampler validated before any sampling; x0 clipping and
+    thresholding follow the checkpoint's sampler unless set here (``samplers.NAME.clip_x0=...``)."""
     T = schedule.num_timesteps
     out: dict[str, list[tuple[int, Any]]] = {}
     steps = sorted({int(s) for s in cfg.steps})
@@ -82,7 +83,7 @@ def build_samplers(cfg: DictConfig, schedule: Any) -> dict[str, list[tuple[int, 
                 log.warning("%s: %d steps > %d training timesteps, skipped", name, s, T)
                 continue
             try:
-                sampler = hydra.utils.instantiate(scfg, steps=s)
+                sampler = hydra.utils.instantiate(inherit_x0_settings(scfg, trained, f"samplers.{name}"), steps=s)
                 sampler.validate(schedule)
             except (InstantiationException, ValueError) as e:
                 cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e
@@ -178,7 +179,7 @@ def nfe_study(cfg: DictConfig) -> dict[str, Any]:
                    extra={"ckpt_path": str(cfg.ckpt_path)})
     device = pick_device(cfg.device)
     module, mcfg = load_module(cfg.ckpt_path, device)
-    grid = build_samplers(cfg, module.schedule)
+    grid = build_samplers(cfg, module.schedule, mcfg.model.get("sampler"))
     datamodule = load_datamodule(mcfg)
     if not hasattr(datamodule, "real_samples"):
         raise UserError(f"{type(datamodule).__name__} has no real_samples(num, split): nothing to compare with")

@@ -38,12 +38,29 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_sampler(cfg: DictConfig, schedule: Any) -> Any:
+X0_KEYS = ("clip_x0", "clip_range", "dynamic_threshold", "dynamic_threshold_max")
+
+
+def inherit_x0_settings(sampler_cfg: DictConfig, trained: DictConfig | None, prefix: str = "sampler") -> DictConfig:
+    """Take the checkpoint sampler's x0 clipping/thresholding unless given on the command line.
+
+    The sampler configs clip x0 to [-1, 1] (pixels); latent and pose models train with
+    ``clip_x0: false``, and picking ``sampler=ddim`` must not silently clip their latents.
+    """
+    given = {o.split("=", 1)[0].lstrip("+~") for o in hydra_overrides()}
+    out = OmegaConf.create(OmegaConf.to_container(sampler_cfg, resolve=True))
+    for key in X0_KEYS:
+        if trained is not None and key in trained and f"{prefix}.{key}" not in given:
+            out[key] = trained[key]
+    return out
+
+
+def build_sampler(cfg: DictConfig, schedule: Any, trained: DictConfig | None = None) -> Any:
     """The sampler from ``cfg.sampler`` (validated against the model's schedule), or None for the checkpoint's."""
     if not cfg.get("sampler"):
         return None
     try:
-        sampler = hydra.utils.instantiate(cfg.sampler)
+        sampler = hydra.utils.instantiate(inherit_x0_settings(cfg.sampler, trained))
         sampler.validate(schedule)
     except (InstantiationException, ValueError) as e:
         cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e
@@ -62,14 +79,27 @@ def labels_for(module: Any, cfg: DictConfig) -> torch.Tensor | None:
     return torch.arange(cfg.num_samples) % num_classes if num_classes else None
 
 
-def draw(module: Any, cfg: DictConfig, sampler: Any, labels: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+def prompts_for(module: Any, cfg: DictConfig) -> list[str] | None:
+    """Text models: ``prompt`` (one string, or a list cycled over the samples); None: the module's default."""
+    if cfg.get("prompt") is None:
+        return None
+    if not getattr(module, "text_conditional", False):
+        raise UserError("prompt is set but this model is not text-conditional")
+    items = [cfg.prompt] if isinstance(cfg.prompt, str) else list(cfg.prompt)
+    return [str(items[i % len(items)]) for i in range(cfg.num_samples)]
+
+
+def draw(module: Any, cfg: DictConfig, sampler: Any, labels: torch.Tensor | None, device: torch.device,
+         prompts: list[str] | None = None) -> torch.Tensor:
     out = []
     starts = range(0, cfg.num_samples, cfg.batch_size)
     for b, start in enumerate(tqdm(starts, desc="sampling batches", unit="batch")):
         n = min(cfg.batch_size, cfg.num_samples - start)
         gen = torch.Generator(device=device).manual_seed(int(cfg.seed) + b)
-        cond = {"y": labels[start:start + n].to(device)} if labels is not None else None
-        x = module.sample(n, cond=cond, sampler=sampler, generator=gen, guidance_scale=cfg.guidance_scale,
+        cond = {"y": labels[start:start + n].to(device)} if labels is not None else {}
+        if prompts is not None:
+            cond["text"] = prompts[start:start + n]
+        x = module.sample(n, cond=cond or None, sampler=sampler, generator=gen, guidance_scale=cfg.guidance_scale,
                           use_ema=cfg.use_ema)
         out.append(x.float().cpu())
     return torch.cat(out)
@@ -109,17 +139,19 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     module, mcfg = load_module(cfg.ckpt_path, device)
     if not hasattr(module, "sample"):
         raise UserError(f"{type(module).__name__} has no sample() method: this checkpoint is not a generative model")
-    sampler = build_sampler(cfg, module.schedule) if hasattr(module, "schedule") else None
+    trained = mcfg.model.get("sampler")
+    sampler = build_sampler(cfg, module.schedule, trained) if hasattr(module, "schedule") else None
     labels = labels_for(module, cfg)
+    prompts = prompts_for(module, cfg)
     t0 = time.perf_counter()
-    x = draw(module, cfg, sampler, labels, device)
+    x = draw(module, cfg, sampler, labels, device, prompts)
     seconds = time.perf_counter() - t0
     written = save_outputs(x, labels, run_dir, cfg, getattr(module, "num_classes", None))
-    sampler_cfg = cfg.sampler if cfg.get("sampler") else mcfg.model.get("sampler")
+    sampler_cfg = inherit_x0_settings(cfg.sampler, trained) if cfg.get("sampler") else trained
     summary = update_summary(run_dir, {
         "status": "finished", "seed": seed, "ckpt_path": str(cfg.ckpt_path), "num_samples": int(cfg.num_samples),
         "batch_size": int(cfg.batch_size), "shape": list(x.shape), "guidance_scale": cfg.guidance_scale,
-        "class_label": cfg.class_label, "use_ema": bool(cfg.use_ema), "device": str(device),
+        "class_label": cfg.class_label, "prompts": sorted(set(prompts)) if prompts else None, "use_ema": bool(cfg.use_ema), "device": str(device),
         "sampler": OmegaConf.to_container(sampler_cfg, resolve=True) if sampler_cfg is not None else None,
         "time/sampling_s": round(seconds, 3), "time/seconds_per_sample": round(seconds / len(x), 5),
         "files": written})

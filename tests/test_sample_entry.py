@@ -22,7 +22,7 @@ def cond_ckpt(tmp_path_factory) -> Path:
     class-conditional MNIST U-Net with random weights (training is tested in test_train.py; a random
     net gives distinct conditional and unconditional outputs, which is what these tests need)."""
     out = tmp_path_factory.mktemp("ckpt")
-    cfg = compose_cfg(TINY + ["experiment=ddpm_mnist_cond", "debug=limit", "sampler.steps=2"], out)
+    cfg = compose_cfg(TINY + ["experiment=ddpm_mnist_cond", "debug=limit", "sampler.steps=2", "sampler.clip_x0=false"], out)
     torch.manual_seed(0)
     model = hydra.utils.instantiate(cfg.model)
     with torch.no_grad():  # zero-initialised output layers would make every prediction 0
@@ -55,6 +55,8 @@ def test_same_seed_bit_identical_other_seed_differs(make_cfg, cond_ckpt):
     assert summary["status"] == "finished" and summary["seed"] == 0 and summary["num_samples"] == 3
     assert summary["sampler"]["_target_"].endswith("DDIMSampler") and summary["sampler"]["steps"] == 2
     assert summary["time/seconds_per_sample"] > 0
+    # x0 clipping follows the checkpoint's sampler (trained with clip_x0=false, e.g. latents), not ddim.yaml
+    assert summary["sampler"]["clip_x0"] is False
     manifest = json.loads((runs[0] / "manifest.json").read_text())
     assert manifest["seed"] == 0 and manifest["command"].startswith("python -m experiments.sample")
     assert manifest["ckpt_path"] == str(cond_ckpt)
@@ -72,6 +74,10 @@ def test_class_label_guidance_and_other_samplers(make_cfg, cond_ckpt):
     # no sampler given: the checkpoint's own (here a 2-step DDPM sampler)
     own = run_sample(make_cfg, cond_ckpt, "own", "num_samples=1")
     assert json.loads((own / "summary.json").read_text())["sampler"]["_target_"].endswith("DDPMSampler")
+    # an explicit setting on the command line wins over the checkpoint's
+    explicit = run_sample(make_cfg, cond_ckpt, "e", "num_samples=1", "sampler=ddim", "sampler.steps=1",
+                          "sampler.clip_x0=true")
+    assert json.loads((explicit / "summary.json").read_text())["sampler"]["clip_x0"] is True
 
 
 def test_bad_input_fails_before_sampling(make_cfg, cond_ckpt, tmp_path, capsys):
