@@ -121,3 +121,13 @@ def test_nfe_study_rejects_unknown_metric(make_cfg, cond_ckpt):
     with pytest.raises(SystemExit) as e:
         nfe_study(cfg)
     assert e.value.code == 2
+
+
+def test_energy_distance_metric_is_a_distance():
+    from experiments.nfe_study import energy_distance
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(500, 2, generator=g), torch.randn(500, 2, generator=g)
+    assert energy_distance(a, a) == pytest.approx(0.0, abs=1e-12)
+    same, shifted = energy_distance(a, b), energy_distance(a, b + 1.0)
+    assert 0 < same < 0.05 < shifted  # 2 samples of one law are close; a shift by 1 is far
