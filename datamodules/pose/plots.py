@@ -22,8 +22,11 @@ def draw_2d(ax, kp: np.ndarray) -> None:
         if np.isfinite(kp[[p, c]]).all():
             ax.plot(kp[[p, c], 0], kp[[p, c], 1], color=_colour(c), lw=2)
     ax.scatter(kp[:, 0], kp[:, 1], s=8, c="k")
+    ok = kp[np.isfinite(kp).all(-1)]
+    mid, r = (ok.max(0) + ok.min(0)) / 2, (ok.max(0) - ok.min(0)).max() / 2 * 1.15 + 1
+    ax.set_xlim(mid[0] - r, mid[0] + r)
+    ax.set_ylim(mid[1] + r, mid[1] - r)  # image rows grow downwards
     ax.set_aspect("equal")
-    ax.invert_yaxis()  # image rows grow downwards
     ax.set_title("input 2-D keypoints")
 
 
