@@ -100,6 +100,8 @@ def clip_score_of(cfg: DictConfig, module: Any, datamodule: Any, sampler: Any, d
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     set_torch_threads()
     run_dir = Path(cfg.paths.output_dir)
+    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
+        raise UserError("no checkpoint given: python -m experiments.evaluate ckpt_path=<run>/checkpoints/last.ckpt")
     metrics = list(cfg.metrics)
     _check_metrics(metrics)
     seed = seed_everything(cfg.seed)

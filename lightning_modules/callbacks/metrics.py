@@ -200,6 +200,10 @@ class CLIPScoreCallback(pl.Callback):
         from lightning_modules.metrics.clip_score import load_clip
 
         self.scorer = load_clip(self.model_name, self.pretrained, cache_dir=self.cache_dir)
+        dm = getattr(trainer, "datamodule", None)
+        if not self.prompts and not hasattr(dm, "prompts"):
+            raise UserError("CLIPScoreCallback needs prompts: set callbacks.clip_score.prompts=[...] or use a "
+                            "datamodule with a prompts(num) method")
 
     @torch.no_grad()
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
