@@ -154,6 +154,11 @@ class AutoencoderModule(pl.LightningModule):
         if batch_idx == 0:
             n = self.num_log_images
             self._val_pair = (x[:n].detach().cpu(), rec[:n].detach().cpu())
+            val_set = getattr(self.trainer.datamodule, "val_set", None) if self._trainer is not None else None
+            if val_set is not None and len(val_set) > n:  # spread over the split (all classes), fixed
+                idx = torch.linspace(0, len(val_set) - 1, n).round().long()
+                xs = torch.stack([val_set[int(i)]["x"] for i in idx]).to(self.device)
+                self._val_pair = (xs.cpu(), self.reconstruct(xs).cpu())
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:

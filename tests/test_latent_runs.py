@@ -165,3 +165,30 @@ def test_fast_dev_run_ldm_mnist_text_and_checkpoint_round_trip(ae_ckpt, make_cfg
                      "data.batch_size=8", "logger=csv", "model.cache_latents=true"], sub="class")
     assert train(cfg2)["status"] == "finished"
     assert OmegaConf.select(cfg2, "model.num_classes") == 10
+
+
+def test_diffusers_vae_from_local_folder_and_missing_weights(make_cfg, tmp_path):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(in_channels=1, out_channels=1, latent_channels=4, block_out_channels=(8, 8, 8),
+                        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                        layers_per_block=1, norm_num_groups=4, sample_size=32, scaling_factor=0.5)
+    vae.save_pretrained(tmp_path / "vae")
+    cfg, model = ldm(make_cfg, "unused", [f"model.pretrained_vae={tmp_path / 'vae'}"])
+    assert float(model.scale_factor) == 0.5 and model.sample_shape == (4, 8, 8)
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        z = model.encode(x)
+        ref = vae.encode(x).latent_dist
+    assert z.shape == (2, 4, 8, 8)
+    model.latent_sample = False
+    torch.testing.assert_close(model.encode(x), ref.mean * 0.5)
+    torch.testing.assert_close(model.decode(ref.mean * 0.5), vae.decode(ref.mean).sample.clamp(-1, 1))
+    assert not any(p.requires_grad for p in model.first_stage.parameters())
+    with pytest.raises(Exception) as ei:
+        ldm(make_cfg, "unused", [f"model.pretrained_vae={tmp_path / 'absent'}"])
+    assert "absent" in str(user_error(ei.value)) and "save_pretrained" in str(user_error(ei.value))
+    from lightning_modules.nets.text_encoder import CLIPTextEncoder
+
+    with pytest.raises(UserError, match="CLIP text encoder weights were not found at .*clip"):
+        CLIPTextEncoder(str(tmp_path / "clip"))
