@@ -95,7 +95,7 @@ class FrameworkRunner:
         callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         loggers = self._instantiate_group(cfg.get("logger"))
         trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[*callbacks, clock], logger=loggers or False)
-        with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):  # progress bar still renders
+        with open(os.devnull, "w") as null, contextlib.redirect_stderr(null), contextlib.redirect_stdout(null):  # bar still renders
             trainer.fit(self.model, datamodule=self.datamodule)
         return _intervals(clock.stamps, timed)
 
