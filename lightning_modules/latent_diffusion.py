@@ -106,12 +106,12 @@ class LatentDiffusion(DiffusionModule):
         data_shape = tuple(int(s) for s in data_shape)
         sample_shape = kwargs.pop("sample_shape", None)
         first_stage, stored_scale = None, 0.0
-        if pretrained_vae:
+        if pretrained_vae and (Path(pretrained_vae).expanduser().is_dir() or allow_download):
             first_stage = DiffusersVAE(pretrained_vae, vae_hub_id, allow_download)
             stored_scale = first_stage.scaling_factor
         elif autoencoder_ckpt and Path(autoencoder_ckpt).is_file():
             first_stage, stored_scale = load_autoencoder(autoencoder_ckpt)
-        # else: a missing checkpoint is reported in setup(), before training (configs still instantiate)
+        # else: missing weights are reported in setup(), before training (configs still instantiate)
         if first_stage is not None:
             sample_shape = sample_shape or self._latent_shape(first_stage, data_shape)
         if sample_shape is None:
@@ -122,6 +122,7 @@ class LatentDiffusion(DiffusionModule):
         for key in ("text_encoder", "first_stage"):  # modules are not hyperparameters
             self.hparams.pop(key, None)
         self.autoencoder_ckpt, self.scale_override = autoencoder_ckpt, scale_factor
+        self.pretrained_vae, self.vae_hub_id, self.allow_download = pretrained_vae, vae_hub_id, allow_download
         self.frozen_text_encoder = text_encoder if (text_encoder is not None and not trainable_text) else None
         self.text_conditional = text_encoder is not None
         self._data_shape = data_shape
@@ -172,9 +173,15 @@ class LatentDiffusion(DiffusionModule):
 
     # ----------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
-        if self.first_stage is None:  # missing checkpoint: a clear error before training
-            self.attach_first_stage(*load_autoencoder(self.autoencoder_ckpt))
+        if self.first_stage is None:  # missing weights: a clear error before training
+            if self.pretrained_vae:
+                vae = DiffusersVAE(self.pretrained_vae, self.vae_hub_id, self.allow_download)
+                self.attach_first_stage(vae, vae.scaling_factor)
+            else:
+                self.attach_first_stage(*load_autoencoder(self.autoencoder_ckpt))
         enc = self.text_encoder
+        if hasattr(enc, "load"):
+            enc.load()
         tok = getattr(enc, "tokenizer", None)
         if tok is not None and hasattr(tok, "fit") and not tok.is_fitted:
             dm = self.trainer.datamodule if self._trainer is not None else None
@@ -223,7 +230,8 @@ class LatentDiffusion(DiffusionModule):
     # ----------------------------------------------------------------- hooks
     def _check_ready(self) -> None:
         if self.first_stage is None:
-            raise UserError(f"no autoencoder is attached (checkpoint {self.autoencoder_ckpt} was missing); {TRAIN_AE_HINT}")
+            raise UserError(f"no autoencoder is attached (weights {self.pretrained_vae or self.autoencoder_ckpt} were "
+                            f"missing); {TRAIN_AE_HINT}")
         if float(self.scale_factor) <= 0:
             raise UserError("the latent scale factor is unknown: fit the model (it is estimated at the start of "
                             "training) or set model.scale_factor")

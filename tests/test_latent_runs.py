@@ -185,10 +185,22 @@ def test_diffusers_vae_from_local_folder_and_missing_weights(make_cfg, tmp_path)
     torch.testing.assert_close(model.encode(x), ref.mean * 0.5)
     torch.testing.assert_close(model.decode(ref.mean * 0.5), vae.decode(ref.mean).sample.clamp(-1, 1))
     assert not any(p.requires_grad for p in model.first_stage.parameters())
-    with pytest.raises(Exception) as ei:
-        ldm(make_cfg, "unused", [f"model.pretrained_vae={tmp_path / 'absent'}"])
-    assert "absent" in str(user_error(ei.value)) and "save_pretrained" in str(user_error(ei.value))
+    cfg, model = ldm(make_cfg, "unused", [f"model.pretrained_vae={tmp_path / 'absent'}"])  # instantiates
+    with pytest.raises(UserError, match="absent.*save_pretrained"):
+        model.setup("fit")  # ... and stops before training, naming the folder
     from lightning_modules.nets.text_encoder import CLIPTextEncoder
 
+    clip = CLIPTextEncoder(str(tmp_path / "clip"))
     with pytest.raises(UserError, match="CLIP text encoder weights were not found at .*clip"):
-        CLIPTextEncoder(str(tmp_path / "clip"))
+        clip.tokenize(["a photo"])
+
+
+def test_sd_like_composes_and_fails_before_training_without_weights(make_cfg):
+    cfg = make_cfg(["experiment=ldm_sd_like", "model.net.base_channels=8", "model.net.channel_mult=[1,2]",
+                    "model.net.num_res_blocks=1", "model.net.attention_resolutions=[32]"])  # SD-size U-Net: 0.7B params
+    assert cfg.external_data and cfg.model.sample_shape == [4, 64, 64]
+    model = hydra.utils.instantiate(cfg.model)
+    assert model.data_shape == (3, 512, 512) and model.frozen_text_encoder is not None
+    assert model.net.text_encoder is None  # frozen CLIP stays outside net, so out of the optimiser and EMA
+    with pytest.raises(UserError, match="sd-vae"):
+        model.setup("fit")

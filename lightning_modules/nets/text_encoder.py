@@ -74,10 +74,20 @@ class CLIPTextEncoder(nn.Module):
 
     trainable = False
 
-    def __init__(self, path: str, max_length: int = 77, use_mask: bool = False,
+    def __init__(self, path: str, max_length: int = 77, use_mask: bool = False, dim: int = 768,
                  hub_id: str | None = "openai/clip-vit-large-patch14", allow_download: bool = False) -> None:
         super().__init__()
-        where = resolve_pretrained(path, "CLIP text encoder", hub_id, allow_download)
+        self.path, self.hub_id, self.allow_download = path, hub_id, allow_download
+        self.max_length, self.use_mask, self.dim = max_length, use_mask, dim
+        self.model: nn.Module | None = None
+        if path and Path(path).expanduser().is_dir():
+            self.load()
+        # else: loaded (or a clear UserError raised) by load(), which LatentDiffusion.setup calls before training
+
+    def load(self) -> "CLIPTextEncoder":
+        if self.model is not None:
+            return self
+        where = resolve_pretrained(self.path, "CLIP text encoder", self.hub_id, self.allow_download)
         try:
             from transformers import CLIPTextModel, CLIPTokenizer
         except ImportError as e:
@@ -91,10 +101,13 @@ class CLIPTextEncoder(nn.Module):
         except (OSError, ValueError) as e:
             raise UserError(f"could not load a CLIP text encoder from {where}: {e}") from e
         self.model.eval().requires_grad_(False)
-        self.max_length, self.use_mask = max_length, use_mask
-        self.dim = int(self.model.config.hidden_size)
+        if int(self.model.config.hidden_size) != self.dim:
+            raise UserError(f"the CLIP text encoder at {where} gives {self.model.config.hidden_size}-d features but "
+                            f"the config says dim={self.dim} (net.context_dim); make them agree")
+        return self
 
     def tokenize(self, texts: Sequence[str], device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+        self.load()
         enc = self.hf_tokenizer(list(texts), padding="max_length", max_length=self.max_length, truncation=True,
                                 return_tensors="pt")
         ids, mask = enc["input_ids"], enc["attention_mask"].bool()
@@ -103,11 +116,13 @@ class CLIPTextEncoder(nn.Module):
 
     def train(self, mode: bool = True) -> "CLIPTextEncoder":
         super().train(mode)
-        self.model.eval()  # always frozen
+        if self.model is not None:
+            self.model.eval()  # always frozen
         return self
 
     @torch.no_grad()
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+        self.load()
         return self.model(input_ids=ids, attention_mask=mask.long() if self.use_mask else None).last_hidden_state
 
 
