@@ -47,8 +47,10 @@ class EMA(nn.Module):
         d = self.decay(int(self.num_updates) + 1)
         self.num_updates += 1
         src = dict(model.named_parameters())
-        dst = [p for _, p in self.shadow.named_parameters()]
-        srcs = [src[name].detach() for name, _ in self.shadow.named_parameters()]
+        dst, srcs = [], []
+        for name, p in self.shadow.named_parameters():
+            dst.append(p)
+            srcs.append(src[name].detach())
         # One multi-tensor kernel per dtype/device group instead of a Python loop over parameters
         # (same arithmetic as ``p.lerp_(q, 1 - d)`` / ``p.copy_(q)`` per tensor).
         if any(q.dtype != p.dtype for p, q in zip(dst, srcs)):
