@@ -143,9 +143,12 @@ class HandsDataModule(ArrayDataModule):
         self.val_set = _HandsDataset(**{k: v[va] for k, v in fields.items()})
 
     def real_batch(self, num: int, split: str = "val") -> dict[str, Any]:
-        """The first ``num`` items of a split as one collated batch (fixed order, for metrics and figures)."""
+        """``num`` items of a split spread evenly over it (every digit; fixed order), as one collated batch."""
         self.setup()
         ds = self.val_set if split == "val" else self.train_set
         n = min(num, len(ds))
-        return {k: (v[:n] if k != "cond" else None) for k, v in ds.fields.items() if not k.startswith("cond.")} | {
-            "cond": {k[5:]: v[:n] for k, v in ds.fields.items() if k.startswith("cond.")}}
+        idx = torch.linspace(0, len(ds) - 1, n).round().long()
+        fields = {k: v[idx] for k, v in ds.fields.items()}
+        batch: dict[str, Any] = {k: v for k, v in fields.items() if not k.startswith("cond.")}
+        batch["cond"] = {k[5:]: v for k, v in fields.items() if k.startswith("cond.")}
+        return batch

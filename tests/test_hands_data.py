@@ -107,6 +107,7 @@ def test_datamodule_batches_follow_the_contract(data_dir):
     f = frame_dm.real_batch(5)
     assert f["x"].shape == (5, 3, 32, 32) and f["cond"]["keypoints"].shape == (5, 21, 2)
     assert frame_dm.data_shape == (3, 32, 32) and crop_dm.data_shape == (4, 32, 32)
+    assert set(frame_dm.real_batch(20)["y"].tolist()) == set(range(10))  # spread over the sorted split
     # stratified, seeded split: every digit in val, same split for both views
     val_y = frame_dm.val_set.fields["y"]
     assert set(val_y.tolist()) == set(range(10)) and torch.equal(val_y, crop_dm.val_set.fields["y"])
