@@ -14,8 +14,10 @@ import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from . import ddp_launch
+from .ddp_launch import global_rank
 from .errors import UserError, is_user_error
 from .summary import update_summary
 from .wandb_setup import finish_wandb
@@ -43,6 +45,42 @@ def sweep_group() -> str | None:
         return None
     hc = HydraConfig.get()
     return f"{hc.job.name}-{Path(hc.sweep.dir).name}"
+
+
+def job_number() -> int | None:
+    """The job's index in its multirun (``hydra.job.num``), ``None`` outside a multirun."""
+    if not is_multirun():
+        return None
+    num = HydraConfig.get().job.get("num")
+    return int(num) if num is not None else None
+
+
+def prepare_config(cfg: DictConfig) -> DictConfig:
+    """Normalise a composed config in place before a task runs.
+
+    - ``logger``/``callbacks`` entries set to ``null`` (debug configs switch W&B off that way) are
+      removed, so code can test ``"wandb" in cfg.logger`` safely.
+    - In a multirun every job gets its own W&B run, grouped by sweep: ``logger.wandb.group`` is set to
+      :func:`sweep_group` (unless given), the tags gain ``sweep`` and the group name, and the run name
+      gains the job number (``train-3``), so the runs of one sweep are told apart in the W&B table.
+    """
+    with open_dict(cfg):
+        for key in ("logger", "callbacks"):
+            group = cfg.get(key)
+            if isinstance(group, DictConfig):
+                for name in [n for n, v in group.items_ex(resolve=False) if v is None]:
+                    del group[name]
+        wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+        group = sweep_group()
+        if group and isinstance(wandb_cfg, DictConfig):
+            if not wandb_cfg.get("group"):
+                wandb_cfg.group = group
+            tags = list(wandb_cfg.get("tags") or [])
+            wandb_cfg.tags = tags + [t for t in ("sweep", group) if t not in tags]
+            num = job_number()
+            if num is not None and wandb_cfg.get("name"):
+                wandb_cfg.name = f"{wandb_cfg.name}-{num}"
+    return cfg
 
 
 def seed_everything(seed: int | None) -> int | None:
@@ -85,19 +123,26 @@ def task_wrapper(task: Callable[[DictConfig], dict[str, Any]]) -> Callable[[Dict
       with a failing exit code; the original exception is never replaced by a cleanup error.
     - In a multirun the failure is recorded and the sweep goes on with the next job.
     - A user mistake (bad config, missing data) prints one paragraph and exits with code 2.
+    - Under DDP, the processes Lightning starts for ranks > 0 stay in this job's run folder
+      (:mod:`kakusan.ddp_launch`); a failure there is written to ``failure_rank<N>.json``.
     """
 
     def wrapped(cfg: DictConfig) -> dict[str, Any]:
+        ddp_launch.install()
+        prepare_config(cfg)
         run_dir = Path(cfg.paths.output_dir)
         try:
             metrics = task(cfg)
         except Exception as exc:  # noqa: BLE001
             tb = traceback.format_exc()
+            rank = global_rank()
             try:
                 run_dir.mkdir(parents=True, exist_ok=True)
-                (run_dir / "failure.json").write_text(json.dumps(
-                    {"error": f"{type(exc).__name__}: {exc}", "traceback": tb}, indent=2))
-                update_summary(run_dir, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+                name = "failure.json" if rank == 0 else f"failure_rank{rank}.json"
+                (run_dir / name).write_text(json.dumps(
+                    {"error": f"{type(exc).__name__}: {exc}", "traceback": tb, "rank": rank}, indent=2))
+                if rank == 0:
+                    update_summary(run_dir, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
             except OSError:
                 pass
             finish_wandb(exit_code=1)
