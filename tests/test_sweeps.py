@@ -1,0 +1,160 @@
+"""Hydra multiruns end to end on CPU: grid sweep -> ablation report, W&B run per job, failing jobs, Optuna,
+the W&B sweep file and the SLURM launcher config."""
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+
+import pytest
+import torch
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from experiments.report import main as report_main
+from kakusan.wandb_setup import finish_wandb, read_offline_run
+
+from .conftest import CONFIG_DIR, ROOT
+
+TINY = ["debug=limit", "model.net.base_channels=8", "model.net.attention_resolutions=[]", "data.batch_size=16",
+        "trainer.max_epochs=2", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+        "callbacks.sample_logger.num_samples=4", "callbacks.sample_logger.sampler.steps=2", "sampler.steps=2"]
+# Without debug= (which switches W&B off): the same tiny run with the default loggers (CSV + W&B offline).
+TINY_WANDB = [t.replace("trainer.limit", "+trainer.limit") for t in TINY if t != "debug=limit"] + [
+    "+trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "callbacks.progress_bar=null",
+    "trainer.accelerator=cpu"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny nets run fastest (and steadily on a shared CPU) with one thread."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def multirun(args: list[str]) -> None:
+    """``python -m experiments.train -m ARGS`` in this process (as __main__, so Hydra finds configs/)."""
+    GlobalHydra.instance().clear()
+    argv = sys.argv
+    sys.argv = [str(ROOT / "experiments" / "train.py"), "-m", *args]
+    try:
+        runpy.run_module("experiments.train", run_name="__main__")
+    except SystemExit as exc:  # Hydra exits 0 after a multirun on some code paths
+        assert not exc.code, f"multirun exited with {exc.code}"
+    finally:
+        sys.argv = argv
+        GlobalHydra.instance().clear()
+
+
+def test_grid_sweep_2x3_report_mean_std(tmp_path, capsys):
+    """The must-be-true check: 2 learning rates x 3 seeds -> a table of 2 rows, mean ± std over n=3."""
+    sweep = tmp_path / "grid"
+    multirun(["model.optimizer.lr=1e-4,2e-3", "seed=0,1,2", *TINY, "logger=csv", f"hydra.sweep.dir={sweep}"])
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0", "1", "2", "3", "4", "5"]
+    for job in jobs:
+        assert json.loads((job / "summary.json").read_text())["status"] == "finished"
+        assert (job / "csv" / "metrics.csv").is_file() and (job / ".hydra" / "overrides.yaml").is_file()
+    capsys.readouterr()
+    assert report_main([str(sweep), "--metrics", "val/loss", "train/loss"]) == 0
+    printed = capsys.readouterr().out
+    rows = [line for line in printed.splitlines() if line.startswith("| 0.")]
+    assert len(rows) == 2 and all("±" in r and r.rstrip().endswith("| 3 |") for r in rows), printed
+    out = sweep / "report"
+    table = (out / "table.csv").read_text().splitlines()
+    assert len(table) == 3 and table[0].startswith("model.optimizer.lr,n,failed,val/loss mean,val/loss std")
+    runs = (out / "runs.csv").read_text().splitlines()
+    assert len(runs) == 7
+    for png in ("val_loss_vs_model.optimizer.lr.png", "curve_train_loss_step.png", "curve_val_loss.png"):
+        assert (out / png).stat().st_size > 5000  # a real picture
+
+
+def test_multirun_wandb_run_per_job_and_failing_job_recorded(tmp_path, monkeypatch):
+    """Each job is its own offline W&B run (unique id, sweep group, tags), closed with the job's exit code;
+    a job that really fails (negative learning rate) is recorded and the sweep goes on."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    sweep = tmp_path / "wb"
+    multirun(["model.optimizer.lr=-1,1e-4", "seed=0", *TINY_WANDB, f"hydra.sweep.dir={sweep}"])
+    finish_wandb()
+    import wandb
+
+    wandb.teardown()  # the W&B service flushes offline transaction logs when it stops
+    failed, ok = sweep / "0", sweep / "1"
+    assert json.loads((ok / "summary.json").read_text())["status"] == "finished"
+    summary = json.loads((failed / "summary.json").read_text())
+    assert summary["status"] == "failed" and "learning rate" in summary["error"].lower()
+    assert "Traceback" in json.loads((failed / "failure.json").read_text())["traceback"]
+    infos = []
+    for job in (failed, ok):
+        runs = list((job / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, runs
+        infos.append(read_offline_run(runs[0]))
+    assert infos[0]["run_id"] != infos[1]["run_id"]
+    assert infos[0]["group"] == infos[1]["group"] == f"train-{sweep.name}"
+    assert "sweep" in infos[0]["tags"] and "sweep" in infos[1]["tags"]
+    assert infos[0]["exit_code"] == 1 and infos[1]["exit_code"] == 0
+    assert report_main([str(sweep), "--no-plots"]) == 0  # the report lists the failure
+    assert "Failed or incomplete runs (1)" in (sweep / "report" / "report.md").read_text()
+
+
+def test_optuna_search_runs_and_optimises_returned_metric(tmp_path):
+    sweep = tmp_path / "optuna"
+    multirun(["hparams_search=mnist_optuna", "hydra.sweeper.n_trials=2", *TINY, "trainer.max_epochs=1",
+              "logger=csv", f"hydra.sweep.dir={sweep}"])
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    values = [json.loads((sweep / str(i) / "summary.json").read_text())["val/loss"] for i in range(2)]
+    assert results["best_value"] == pytest.approx(min(values))
+    assert set(results["best_params"]) == {"model.optimizer.lr", "model.prediction_type", "model.loss_weighting"}
+
+
+def test_wandb_sweep_file_parameters_are_hydra_overrides(make_cfg):
+    spec = yaml.safe_load((ROOT / "configs" / "wandb_sweep" / "mnist.yaml").read_text())
+    assert spec["command"][-1] == "${args_no_hyphens}" and spec["command"][:4] == ["${env}", "python", "-m",
+                                                                                 "experiments.train"]
+    assert spec["metric"]["name"] == "val/loss"
+    for name, param in spec["parameters"].items():
+        for value in param["values"][:2]:
+            cfg = make_cfg([f"{name}={value}"])  # what the agent passes: key=value
+            assert OmegaConf.select(cfg, name) == value
+
+
+def test_slurm_launcher_and_ddp_configs_compose():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["launcher=slurm", "trainer=ddp", "hydra.launcher.gpus_per_node=4",
+                                          "hydra.launcher.nodes=2", "hydra.launcher.partition=gpu"],
+                      return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher.partition == "gpu" and launcher.tasks_per_node == 4 and launcher.timeout_min == 240
+    assert OmegaConf.to_container(cfg.trainer)["devices"] == "${hydra:launcher.gpus_per_node}"
+    assert cfg.trainer.strategy == "ddp"
+
+
+def test_ddp_child_command_runs_the_job_not_the_sweep(monkeypatch, tmp_path):
+    """In a multirun, DDP ranks > 0 must re-run this job alone, in this job's folder."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from kakusan.ddp_launch import child_command
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["seed=1", "model.optimizer.lr=0.001"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    OmegaConf.set_struct(cfg, False)
+    cfg.hydra.runtime.output_dir = str(tmp_path / "sweep" / "3")
+    cfg.hydra.runtime.cwd = str(ROOT)
+    cfg.hydra.overrides.hydra = ["hydra.mode=MULTIRUN", f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra.verbose=true"]
+    HydraConfig.instance().set_config(cfg)
+    monkeypatch.setattr(sys, "argv", ["train.py", "-m", "seed=0,1", "model.optimizer.lr=0.001", "-cn", "train"])
+    cmd, cwd = child_command(1)
+    assert cmd[0] == sys.executable
+    assert "-m" not in cmd[2:] and "seed=0,1" not in cmd and "seed=1" in cmd and "hydra.verbose=true" in cmd
+    assert ["-cn", "train"] == cmd[cmd.index("-cn"):cmd.index("-cn") + 2]
+    assert f'hydra.run.dir="{tmp_path / "sweep" / "3"}"' in cmd and "hydra.mode=RUN" in cmd
+    assert not any(c.startswith("hydra.sweep") for c in cmd) and cwd == str(ROOT)
