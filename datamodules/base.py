@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from .resumable import ResumableDataLoader
+
 
 class DataError(ValueError):
     """A problem with the user's data: the message says what and where."""
@@ -107,9 +109,18 @@ class ArrayDataModule(pl.LightningDataModule):
         self.val_set = TensorDictDataset(x=x[va], y=None if yy is None else yy[va])
 
     def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory, drop_last=shuffle and self.drop_last,
-                          persistent_workers=self.num_workers > 0)
+        common = dict(num_workers=self.num_workers, pin_memory=self.pin_memory,
+                      persistent_workers=self.num_workers > 0)
+        if shuffle:
+            # Shuffled by (run seed, epoch) and resumable mid-epoch: see datamodules/resumable.py.
+            # the run's seed (seed_everything sets torch.initial_seed) drives the shuffle order
+            loader = ResumableDataLoader(ds, batch_size=self.batch_size, seed=torch.initial_seed() % 2**31,
+                                         drop_last=self.drop_last, **common)
+            loader.trainer = self.trainer
+            return loader
+        # its own generator: creating evaluation iterators never consumes the global (training) RNG
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=False, drop_last=False,
+                          generator=torch.Generator().manual_seed(0), **common)
 
     def train_dataloader(self) -> DataLoader:
         self.setup()

@@ -21,6 +21,7 @@ from .diffusion.losses import WEIGHTINGS, diffusion_loss, loss_weight
 from .diffusion.parameterization import check_prediction_type, training_target
 from .diffusion.samplers.base import Sampler, StepHook
 from .diffusion.schedule import NoiseSchedule
+from .numerics import NONFINITE_POLICIES, nonfinite_error
 
 
 def plain_hparams(hparams: Any) -> None:
@@ -31,6 +32,19 @@ def plain_hparams(hparams: Any) -> None:
     for key, value in list(hparams.items()):
         if isinstance(value, Container):
             hparams[key] = OmegaConf.to_container(value, resolve=True)
+
+
+def total_training_steps(trainer: pl.Trainer) -> int:
+    """Optimiser steps of the whole run, computed without ``trainer.estimated_stepping_batches``
+    (which builds and starts the train loader before a resumed run restores its position)."""
+    import math
+
+    if trainer.max_steps and trainer.max_steps > 0:
+        return int(trainer.max_steps)
+    n = len(trainer.datamodule.train_dataloader())
+    limit = trainer.limit_train_batches
+    n = min(n, int(limit)) if isinstance(limit, int) else int(n * limit)
+    return max(1, math.ceil(n / trainer.accumulate_grad_batches) * max(1, trainer.max_epochs or 1))
 
 
 class DiffusionModule(pl.LightningModule):
@@ -52,6 +66,8 @@ class DiffusionModule(pl.LightningModule):
         sample_shape: shape of one sample in model space, e.g. ``[1, 32, 32]``.
         compile: ``torch.compile`` the network in place (state-dict keys unchanged).
         channels_last: keep 4-D activations in channels-last memory format (faster convs on GPUs).
+        nonfinite: what a NaN/Inf loss or gradient does: ``stop`` (error naming the step; the batch is
+            written to ``<run>/faults/``), ``skip`` (drop that optimiser step) or ``ignore``.
     """
 
     def __init__(self, net: nn.Module, schedule: NoiseSchedule, sampler: Sampler,
@@ -60,7 +76,7 @@ class DiffusionModule(pl.LightningModule):
                  loss_type: str = "mse", ema_decay: float | None = 0.999, ema_warmup: bool = True,
                  num_classes: int | None = None, cond_drop_prob: float = 0.0, guidance_scale: float = 1.0,
                  sample_shape: list[int] | tuple[int, ...] | None = None, val_timesteps_seed: int = 1234,
-                 compile: bool = False, channels_last: bool = False) -> None:
+                 compile: bool = False, channels_last: bool = False, nonfinite: str = "stop") -> None:
         super().__init__()
         check_prediction_type(prediction_type)
         if loss_weighting not in WEIGHTINGS:
@@ -76,6 +92,10 @@ class DiffusionModule(pl.LightningModule):
         self.num_classes, self.cond_drop_prob, self.guidance_scale = num_classes, cond_drop_prob, guidance_scale
         self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
         self.val_timesteps_seed = val_timesteps_seed
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {nonfinite!r}")
+        self.nonfinite = nonfinite
+        self.skipped_steps = 0
         self.ema = EMA(self.net, max_decay=ema_decay, warmup=ema_warmup) if ema_decay is not None else None
         self.channels_last, self.compile_net = channels_last, compile
         if channels_last:
@@ -156,9 +176,30 @@ class DiffusionModule(pl.LightningModule):
             cond = self.drop_conditions(cond, keep)
         loss = self.diffusion_loss(x0, cond)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x0.shape[0])
+        self._last_loss, self._last_batch = loss.detach(), (batch, batch_idx)
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Apply the ``nonfinite`` policy: loss and gradient norms are checked with one device sync."""
+        if self.nonfinite == "ignore":
+            return
+        loss = getattr(self, "_last_loss", None)  # subclasses with their own training_step may not set it
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        values = [*torch._foreach_norm(grads)] + ([loss.float()] if loss is not None else [])
+        if not values or bool(torch.isfinite(torch.stack(values)).all()):
+            return
+        what = "loss" if loss is not None and not torch.isfinite(loss) else "gradient"
+        if self.nonfinite == "stop":
+            batch, batch_idx = getattr(self, "_last_batch", (None, -1))
+            raise nonfinite_error(self, what, batch, batch_idx)
+        self.skipped_steps += 1
+        for p in self.net.parameters():
+            p.grad = None  # the optimiser leaves parameters without gradients untouched
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # EMA follows every optimiser step, inside the step, so a checkpoint written in
+        # on_train_batch_end (step checkpoints, pre-emption) already holds this step's EMA.
         if self.ema is not None:
             self.ema.update(self.net)
 
@@ -185,7 +226,7 @@ class DiffusionModule(pl.LightningModule):
             return opt
         extra = {}
         if getattr(self.lr_scheduler_factory, "keywords", {}).get("total_steps") == "auto":
-            extra["total_steps"] = int(self.trainer.estimated_stepping_batches)  # the whole run
+            extra["total_steps"] = total_training_steps(self.trainer)  # the whole run
         sched = self.lr_scheduler_factory(optimizer=opt, **extra)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

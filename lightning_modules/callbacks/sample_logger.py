@@ -48,6 +48,7 @@ class SampleLogger(pl.Callback):
                 ref = dm.real_samples(2000)
             scatter_png(x, path, reference=ref, title=f"{name} (step {trainer.global_step})")
         else:
+            path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(x.cpu(), path.with_suffix(".pt"))
             return path.with_suffix(".pt")
         for lg in trainer.loggers:
@@ -66,5 +67,5 @@ class SampleLogger(pl.Callback):
 
     @rank_zero_only
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.at_end:
+        if self.at_end and not getattr(trainer, "kakusan_preempted", False):
             self._draw(trainer, pl_module, "final", self.final_sampler or self.sampler)
