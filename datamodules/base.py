@@ -133,9 +133,11 @@ class ArrayDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
 
-    def real_samples(self, num: int, split: str = "val") -> Tensor:
-        """Up to ``num`` real items of a split in model space (for metrics and figures), in a fixed order."""
+    def real_samples(self, num: int, split: str = "val", seed: int = 0) -> Tensor:
+        """Up to ``num`` real items of a split in model space (for metrics and figures): a seeded random
+        subset, since splits are stored sorted (by class) and their first items are not representative."""
         self.setup()
         ds = self.val_set if split == "val" else self.train_set
         n = min(num, len(ds))
-        return torch.stack([ds[i]["x"] for i in range(n)])
+        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+        return torch.stack([ds[i]["x"] for i in idx])

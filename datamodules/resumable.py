@@ -48,12 +48,16 @@ class ResumableDataLoader(DataLoader):
     epoch (read from the trainer when available, because Lightning prefetches one batch ahead).
     """
 
-    def __init__(self, dataset: Any, batch_size: int, seed: int = 0, shuffle: bool = True, **kw: Any) -> None:
+    def __init__(self, dataset: Any, batch_size: int, seed: int = 0, shuffle: bool = True, sampler: Any = None,
+                 **kw: Any) -> None:
         self.resumable_sampler = ResumableSampler(len(dataset), seed, shuffle)
+        # Under DDP Lightning rebuilds the loader with a DistributedSampler (passed as ``sampler``); it
+        # is then used as is: each epoch is still reproducible, but a mid-epoch resume restarts the epoch.
         # Every iterator draws a base seed from ``generator``; without one it would come from the global
         # RNG, and a resumed run (which creates its iterator after restoring RNG states) would drift.
         kw.setdefault("generator", torch.Generator().manual_seed(int(seed)))
-        super().__init__(dataset, batch_size=batch_size, sampler=self.resumable_sampler, **kw)
+        super().__init__(dataset, batch_size=batch_size, sampler=sampler if sampler is not None else self.resumable_sampler,
+                         **kw)
         self.trainer: Any = None  # set by the datamodule so the processed-batch count is exact
 
     def _processed_in_epoch(self) -> int:
@@ -66,6 +70,8 @@ class ResumableDataLoader(DataLoader):
                 "batch_size": int(self.batch_size), "seed": int(self.resumable_sampler.seed)}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        if self.sampler is not self.resumable_sampler:
+            return  # distributed sampler in charge (see __init__)
         if state.get("batch_size", self.batch_size) != self.batch_size:
             raise ValueError(f"cannot resume mid-epoch with batch_size={self.batch_size}: the checkpoint was "
                              f"written with batch_size={state['batch_size']}")

@@ -106,7 +106,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         ckpt = "best" if cfg.get("train", True) and trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path else None
         trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
 
-    summary = update_summary(run_dir, {"status": "finished", "seed": seed})
+    final = {"status": "finished", "seed": seed}
+    summary = update_summary(run_dir, final) if trainer.is_global_zero else final  # rank 0 writes
     log.info("run folder: %s", run_dir)
     return summary
 

@@ -150,7 +150,10 @@ def task_wrapper(task: Callable[[DictConfig], dict[str, Any]]) -> Callable[[Dict
                 log.error("job failed (recorded in %s/failure.json): %s", run_dir, exc)
                 return {"status": "failed"}
             if is_user_error(exc):
-                print(f"\nerror: {exc}\n", file=sys.stderr)
+                root = exc
+                while not isinstance(root, (UserError,)) and root.__cause__ is not None and type(root).__name__ != "DataError":
+                    root = root.__cause__
+                print(f"\nerror: {root}\n", file=sys.stderr)
                 sys.exit(2)
             raise
         finish_wandb(exit_code=0)
