@@ -20,6 +20,7 @@ from kakusan.resume import find_resumable_run, readable_checkpoint
 from kakusan.run import (check_shapes, hydra_overrides, instantiate_group, metric_value, resolved_config,
                          seed_everything, set_torch_threads, sweep_group, task_wrapper)
 from kakusan.summary import update_summary
+from lightning_modules.callbacks.reliability import Preempted
 from kakusan.wandb_setup import configure_wandb_env
 
 log = logging.getLogger("kakusan.train")
@@ -98,7 +99,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             lg.log_hyperparams(resolved_config(cfg))
 
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        except Preempted:
+            pass  # the checkpoint is written; report below and exit with code 0
     if getattr(trainer, "kakusan_preempted", False):
         log.warning("stopped by a signal; checkpoint saved. Relaunch the same command with resume=auto.")
         return update_summary(run_dir, {"status": "preempted", "global_step": trainer.global_step, "seed": seed})

@@ -46,6 +46,11 @@ class RNGState(pl.Callback):
         random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss_next"]))
 
 
+class Preempted(Exception):
+    """Raised right after the pre-emption checkpoint is written, so that nothing else (epoch-end
+    validation, epoch checkpoints) runs and overwrites it; the entry point exits cleanly."""
+
+
 class Preemption(pl.Callback):
     """On SIGTERM or SIGUSR1 (how SLURM warns before pre-empting), finish the current step, write
     ``checkpoints/last.ckpt`` and stop cleanly; the entry point then exits with code 0 and status
@@ -75,8 +80,8 @@ class Preemption(pl.Callback):
             trainer.save_checkpoint(path)
             log.warning("received %s: saved %s at step %d and stopping; relaunch with resume=auto to continue",
                         self.requested or "a stop signal", path, trainer.global_step)
-            trainer.should_stop = True
             trainer.kakusan_preempted = True  # read by the entry point and by end-of-training callbacks
+            raise Preempted(f"stopped by {self.requested or 'a signal'} at step {trainer.global_step}")
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for sig, handler in self._previous.items():
