@@ -76,7 +76,41 @@ class TensorDictDataset(Dataset):
         return {k: v[i] for k, v in self.fields.items()}
 
 
-class ArrayDataModule(pl.LightningDataModule):
+class SplitLoadersMixin:
+    """Train/val/test loaders for datamodules that hold ``train_set`` and ``val_set``.
+
+    The training loader is resumable mid-epoch and shuffled by (run seed, epoch); evaluation
+    loaders have their own generator. Expects ``batch_size``, ``num_workers``, ``pin_memory``
+    (and optionally ``drop_last``) attributes and a ``setup()`` that builds the two sets.
+    """
+
+    def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
+        common = dict(num_workers=self.num_workers, pin_memory=self.pin_memory,
+                      persistent_workers=self.num_workers > 0)
+        if shuffle:
+            # Shuffled by (run seed, epoch) and resumable mid-epoch: see datamodules/resumable.py.
+            # the run's seed (seed_everything sets torch.initial_seed) drives the shuffle order
+            loader = ResumableDataLoader(ds, batch_size=self.batch_size, seed=torch.initial_seed() % 2**31,
+                                         drop_last=getattr(self, "drop_last", True), **common)
+            loader.trainer = self.trainer
+            return loader
+        # its own generator: creating evaluation iterators never consumes the global (training) RNG
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=False, drop_last=False,
+                          generator=torch.Generator().manual_seed(0), **common)
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+
+class ArrayDataModule(SplitLoadersMixin, pl.LightningDataModule):
     """Datamodule over arrays held in memory, split once with a fixed seed.
 
     Subclasses implement :meth:`load` returning ``(x, y)`` with ``x`` already in model space.
@@ -107,31 +141,6 @@ class ArrayDataModule(pl.LightningDataModule):
         yy = y if (y is not None and self.conditional) else None
         self.train_set = TensorDictDataset(x=x[tr], y=None if yy is None else yy[tr])
         self.val_set = TensorDictDataset(x=x[va], y=None if yy is None else yy[va])
-
-    def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
-        common = dict(num_workers=self.num_workers, pin_memory=self.pin_memory,
-                      persistent_workers=self.num_workers > 0)
-        if shuffle:
-            # Shuffled by (run seed, epoch) and resumable mid-epoch: see datamodules/resumable.py.
-            # the run's seed (seed_everything sets torch.initial_seed) drives the shuffle order
-            loader = ResumableDataLoader(ds, batch_size=self.batch_size, seed=torch.initial_seed() % 2**31,
-                                         drop_last=self.drop_last, **common)
-            loader.trainer = self.trainer
-            return loader
-        # its own generator: creating evaluation iterators never consumes the global (training) RNG
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=False, drop_last=False,
-                          generator=torch.Generator().manual_seed(0), **common)
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup()
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        self.setup()
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
 
     def real_samples(self, num: int, split: str = "val", seed: int = 0) -> Tensor:
         """Up to ``num`` real items of a split in model space (for metrics and figures): a seeded random

@@ -16,9 +16,9 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader
 
-from .base import DataError, TensorDictDataset, stratified_split
+
+from .base import DataError, SplitLoadersMixin, TensorDictDataset, stratified_split
 from .mnist import load_mnist5k
 
 
@@ -82,7 +82,7 @@ def make_moving_mnist(images: np.ndarray, labels: np.ndarray, num_videos: int, f
     return clips, y.astype(np.int64), traj
 
 
-class MovingMNISTDataModule(pl.LightningDataModule):
+class MovingMNISTDataModule(SplitLoadersMixin, pl.LightningDataModule):
     """Bouncing MNIST digits generated in memory (a few MB at the default size).
 
     Args:
@@ -126,22 +126,6 @@ class MovingMNISTDataModule(pl.LightningDataModule):
             x, y = self.make_split(split)
             sets.append(TensorDictDataset(x=x, y=y if self.conditional else None))
         self.train_set, self.val_set = sets
-
-    def _loader(self, ds: TensorDictDataset, shuffle: bool) -> DataLoader:
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, drop_last=shuffle,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup()
-        return self._loader(self.train_set, True)
-
-    def val_dataloader(self) -> DataLoader:
-        self.setup()
-        return self._loader(self.val_set, False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
 
     def real_samples(self, num: int, split: str = "val") -> Tensor:
         """Up to ``num`` real clips ``(N, T, 1, S, S)`` of a split, in a fixed order."""

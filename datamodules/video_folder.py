@@ -23,9 +23,9 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from .base import DataError, stratified_split
+from .base import DataError, SplitLoadersMixin, stratified_split
 from .image_folder import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class VideoClipDataset(Dataset):
         return item
 
 
-class VideoFolderDataModule(pl.LightningDataModule):
+class VideoFolderDataModule(SplitLoadersMixin, pl.LightningDataModule):
     """Clips from ``path`` (see the module doc), split by video with a fixed seed."""
 
     def __init__(self, path: str, frames: int = 16, frame_stride: int = 1, image_size: int = 64, channels: int = 3,
@@ -204,22 +204,6 @@ class VideoFolderDataModule(pl.LightningDataModule):
         self.val_set = VideoClipDataset([w for w in windows if w[0] not in train_videos], *args)
         if self.batch_size > len(self.train_set):
             raise DataError(f"batch_size={self.batch_size} is larger than the {len(self.train_set)} training clips")
-
-    def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, drop_last=shuffle,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup()
-        return self._loader(self.train_set, True)
-
-    def val_dataloader(self) -> DataLoader:
-        self.setup()
-        return self._loader(self.val_set, False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
 
     def real_samples(self, num: int, split: str = "val") -> Tensor:
         self.setup()
