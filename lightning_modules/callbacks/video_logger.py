@@ -10,10 +10,11 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 from pytorch_lightning.loggers import WandbLogger
-from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor
 
 from kakusan.images import image_grid
+
+from .sample_logger import SampleLogger
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def wandb_video(clips: Tensor, gif_path: Path, fps: int) -> Any:
         return wandb.Video(str(gif_path), format="gif")
 
 
-class VideoLogger(pl.Callback):
+class VideoLogger(SampleLogger):
     """Every ``every_n_epochs`` epochs and at the end of training, sample ``num_samples`` clips with
     a fixed ``seed`` and write ``samples/{epoch_XXX|final}_grid.gif``, ``..._filmstrip.png`` and
     per-clip GIFs; log the grid to W&B as a video when W&B is a logger."""
@@ -83,13 +84,9 @@ class VideoLogger(pl.Callback):
     def __init__(self, output_dir: str, every_n_epochs: int = 1, num_samples: int = 16, seed: int = 0,
                  sampler: Any = None, final_sampler: Any = None, fps: int = 4, scale: int = 2,
                  per_sample: int = 4, on_train_end: bool = True) -> None:
-        super().__init__()
-        if every_n_epochs < 0:
-            raise ValueError("every_n_epochs must be >= 0 (0 = only at the end)")
-        self.dir = Path(output_dir) / "samples"
-        self.every_n_epochs, self.num_samples, self.seed = every_n_epochs, num_samples, seed
-        self.sampler, self.final_sampler, self.fps, self.scale = sampler, final_sampler, fps, scale
-        self.per_sample, self.at_end = per_sample, on_train_end
+        # the schedule (epochs, end of training, pre-emption) is SampleLogger's; only _draw differs
+        super().__init__(output_dir, every_n_epochs, num_samples, seed, sampler, final_sampler, scale, on_train_end)
+        self.fps, self.per_sample = fps, per_sample
         self.last_paths: dict[str, Path] = {}
 
     def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, name: str, sampler: Any) -> dict[str, Path]:
@@ -105,15 +102,3 @@ class VideoLogger(pl.Callback):
         self.last_paths = paths
         log.info("saved video samples to %s", paths["grid_gif"])
         return paths
-
-    @rank_zero_only
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not self.every_n_epochs or trainer.fast_dev_run:
-            return
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self._draw(trainer, pl_module, f"epoch_{trainer.current_epoch:03d}", self.sampler)
-
-    @rank_zero_only
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.at_end:
-            self._draw(trainer, pl_module, "final", self.final_sampler or self.sampler)
