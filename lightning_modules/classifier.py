@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from datamodules.base import DataError
+from .optim import build_optimizers
 
 
 def random_shift(x: Tensor, max_shift: int, background: float = -1.0) -> Tensor:
@@ -70,11 +71,4 @@ class ClassifierModule(pl.LightningModule):
         return self._step(batch, "test", augment=False)
 
     def configure_optimizers(self) -> Any:
-        opt = self.optimizer_factory(params=self.parameters())
-        if self.lr_scheduler_factory is None:
-            return opt
-        extra = {}
-        if getattr(self.lr_scheduler_factory, "keywords", {}).get("total_steps") == "auto":
-            extra["total_steps"] = int(self.trainer.estimated_stepping_batches)
-        sched = self.lr_scheduler_factory(optimizer=opt, **extra)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return build_optimizers(self, self.parameters(), self.optimizer_factory, self.lr_scheduler_factory)

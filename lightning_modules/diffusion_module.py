@@ -22,6 +22,7 @@ from .diffusion.parameterization import check_prediction_type, training_target
 from .diffusion.samplers.base import Sampler, StepHook
 from .diffusion.schedule import NoiseSchedule
 from .numerics import NONFINITE_POLICIES, nonfinite_error
+from .optim import build_optimizers
 
 
 def plain_hparams(hparams: Any) -> None:
@@ -32,19 +33,6 @@ def plain_hparams(hparams: Any) -> None:
     for key, value in list(hparams.items()):
         if isinstance(value, Container):
             hparams[key] = OmegaConf.to_container(value, resolve=True)
-
-
-def total_training_steps(trainer: pl.Trainer) -> int:
-    """Optimiser steps of the whole run, computed without ``trainer.estimated_stepping_batches``
-    (which builds and starts the train loader before a resumed run restores its position)."""
-    import math
-
-    if trainer.max_steps and trainer.max_steps > 0:
-        return int(trainer.max_steps)
-    n = len(trainer.datamodule.train_dataloader())
-    limit = trainer.limit_train_batches
-    n = min(n, int(limit)) if isinstance(limit, int) else int(n * limit)
-    return max(1, math.ceil(n / trainer.accumulate_grad_batches) * max(1, trainer.max_epochs or 1))
 
 
 class DiffusionModule(pl.LightningModule):
@@ -221,16 +209,9 @@ class DiffusionModule(pl.LightningModule):
         return loss
 
     def configure_optimizers(self) -> Any:
-        opt = self.optimizer_factory(params=[p for p in self.net.parameters() if p.requires_grad])
-        if self.lr_scheduler_factory is None:
-            return opt
-        extra = {}
-        if getattr(self.lr_scheduler_factory, "keywords", {}).get("total_steps") == "auto":
-            extra["total_steps"] = total_training_steps(self.trainer)  # the whole run
-        sched = self.lr_scheduler_factory(optimizer=opt, **extra)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return build_optimizers(self, [p for p in self.net.parameters() if p.requires_grad],
+                                self.optimizer_factory, self.lr_scheduler_factory)
 
-    # ----------------------------------------------------------------- sampling
     def model_fn(self, cond: dict[str, Any], guidance_scale: float | None = None) -> Callable[[Tensor, Tensor], Tensor]:
         scale = self.guidance_scale if guidance_scale is None else guidance_scale
         null = self.null_conditions(cond) if scale != 1.0 else None

@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from ..optim import build_optimizers
 
 NUM_JOINTS = 21
 
@@ -100,15 +101,7 @@ class HandKeypointRegressor(pl.LightningModule):
         return self._step(batch, "test")
 
     def configure_optimizers(self) -> Any:
-        opt = self.optimizer_factory(params=self.parameters())
-        if self.lr_scheduler_factory is None:
-            return opt
-        extra = {}
-        if getattr(self.lr_scheduler_factory, "keywords", {}).get("total_steps") == "auto":
-            extra["total_steps"] = int(self.trainer.estimated_stepping_batches)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.lr_scheduler_factory(optimizer=opt, **extra),
-                                                   "interval": "step"}}
-
+        return build_optimizers(self, self.parameters(), self.optimizer_factory, self.lr_scheduler_factory)
 
 @torch.no_grad()
 def predict_keypoints(model: nn.Module, images: Tensor, batch_size: int = 256) -> tuple[Tensor, Tensor]:
