@@ -24,7 +24,8 @@ TINY = ["debug=limit", "model.net.base_channels=8", "model.net.attention_resolut
 # Without debug= (which switches W&B off): the same tiny run with the default loggers (CSV + W&B offline).
 TINY_WANDB = [t.replace("trainer.limit", "+trainer.limit") for t in TINY if t != "debug=limit"] + [
     "+trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "callbacks.progress_bar=null",
-    "trainer.accelerator=cpu"]
+    "trainer.accelerator=cpu", "callbacks.fid_digits.num_samples=32", "callbacks.fid_digits.batch_size=32",
+    "callbacks.fid_digits.sampler.steps=4"]
 
 
 @pytest.fixture(autouse=True)
