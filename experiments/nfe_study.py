@@ -89,9 +89,14 @@ def build_samplers(cfg: DictConfig, schedule: Any, trained: DictConfig | None = 
         if scfg is None:
             continue
         out[name] = []
+        cap = scfg.get("max_steps")  # optional: a costly sampler runs only up to this many steps
+        scfg = OmegaConf.create({k: v for k, v in scfg.items() if k != "max_steps"})
         for s in steps:
             if s > T:
                 log.warning("%s: %d steps > %d training timesteps, skipped", name, s, T)
+                continue
+            if cap is not None and s > int(cap):
+                log.info("%s: %d steps > samplers.%s.max_steps=%d, skipped", name, s, name, int(cap))
                 continue
             try:
                 sampler = hydra.utils.instantiate(inherit_x0_settings(scfg, trained, f"samplers.{name}"), steps=s)

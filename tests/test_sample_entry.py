@@ -98,20 +98,21 @@ def test_nfe_study_tables_plot_and_metrics(make_cfg, cond_ckpt):
     from experiments.nfe_study import nfe_study
 
     cfg = make_cfg([f"ckpt_path={cond_ckpt}", "steps=[1,2,5000]", "num_samples=4", "batch_size=4",
-                    "real_num_samples=40", "samplers.ddpm=null", "samplers.ddim.spacing=trailing"], config_name="nfe_study", sub="nfe")
+                    "real_num_samples=40", "samplers.ddpm.max_steps=1", "samplers.ddim.spacing=trailing"], config_name="nfe_study", sub="nfe")
     summary = nfe_study(cfg)
     run = Path(cfg.paths.output_dir)
     rows = summary["rows"]
-    # 5000 > 1000 training steps is skipped; DDIM and DPM-Solver at 1 and 2 steps
-    assert [(r["sampler"], r["steps"]) for r in rows] == [("ddim", 1), ("ddim", 2), ("dpm_solver", 1), ("dpm_solver", 2)]
-    assert [r["nfe"] for r in rows] == [1, 2, 1, 2]  # counted network calls, not assumed
+    # 5000 > 1000 training steps is skipped; DDPM (max_steps=1) at 1 step, DDIM and DPM-Solver at 1 and 2
+    assert [(r["sampler"], r["steps"]) for r in rows] == [("ddpm", 1), ("ddim", 1), ("ddim", 2), ("dpm_solver", 1),
+                                                          ("dpm_solver", 2)]
+    assert [r["nfe"] for r in rows] == [1, 1, 2, 1, 2]  # counted network calls, not assumed
     assert all(r["fid"] > 0 and 0.0 <= r["class_accuracy"] <= 1.0 and r["seconds_per_sample"] > 0 for r in rows)
     lines = (run / "nfe_study.csv").read_text().splitlines()
-    assert lines[0] == "sampler,steps,nfe,fid,class_accuracy,seconds_per_sample,seconds" and len(lines) == 5
+    assert lines[0] == "sampler,steps,nfe,fid,class_accuracy,seconds_per_sample,seconds" and len(lines) == 6
     assert (run / "nfe_study.md").read_text().startswith("| sampler | steps | nfe | fid |")
     assert (run / "nfe_study.png").stat().st_size > 1000 and (run / "manifest.json").is_file()
     # 1-step DDIM (trailing) and 1-step DPM-Solver++ both return the x0 prediction at t=999: same samples
-    assert rows[0]["fid"] == pytest.approx(rows[2]["fid"], rel=1e-4)
+    assert rows[1]["fid"] == pytest.approx(rows[3]["fid"], rel=1e-4)
 
 
 def test_nfe_study_rejects_unknown_metric(make_cfg, cond_ckpt):
