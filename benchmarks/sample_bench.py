@@ -36,7 +36,8 @@ def diffusers_scheduler(cfg: DictConfig, ddim: bool):
 
     s = cfg.model.schedule
     kw = dict(num_train_timesteps=s.num_timesteps, beta_schedule="linear", beta_start=s.beta_start,
-              beta_end=s.beta_end, clip_sample=True, timestep_spacing="leading")
+              beta_end=s.beta_end, clip_sample=True, timestep_spacing="leading",
+              prediction_type={"eps": "epsilon", "v": "v_prediction", "x0": "sample"}[cfg.model.get("prediction_type", "eps")])
     return DDIMScheduler(set_alpha_to_one=True, **kw) if ddim else DDPMScheduler(**kw)
 
 
@@ -94,10 +95,10 @@ def build_runners(cfg: DictConfig, device: torch.device, batch: int, steps: int,
                SampleRunner(f"diffusers {'DDIM' if ddim else 'DDPM'}Scheduler loop, our network", diffusers_ours_net,
                             device, params)]
     if with_diffusers_net:
-        from .train_bench import diffusers_unet
+        from .train_bench import diffusers_unet_like
 
         torch.manual_seed(0)
-        dnet = diffusers_unet(shape[-1], shape[1]).to(device).eval()
+        dnet = diffusers_unet_like(cfg).to(device).eval()
 
         def diffusers_full(gen):
             with torch.no_grad():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import os
 import time
 from typing import Any
@@ -164,8 +165,10 @@ class BareRunner(_ManualLoop):
     """Plain PyTorch: the same network class and weights init, our schedule's ``alphas_cumprod``."""
 
     def __init__(self, cfg: DictConfig, device: torch.device) -> None:
-        if cfg.model.get("prediction_type", "eps") != "eps" or cfg.model.get("loss_weighting", "uniform") != "uniform":
-            raise ValueError("the bare loop implements eps prediction with uniform weighting only")
+        if cfg.model.get("loss_weighting", "uniform") != "uniform":
+            raise ValueError("the bare loop implements uniform loss weighting only")
+        self.prediction_type = cfg.model.get("prediction_type", "eps")
+        _target(self.prediction_type, torch.zeros(1), torch.zeros(1), torch.ones(1))  # unsupported: fail now
         torch.manual_seed(0)
         net = hydra.utils.instantiate(cfg.model.net)
         super().__init__(cfg, net, device)
@@ -178,19 +181,43 @@ class BareRunner(_ManualLoop):
         noise = torch.randn_like(x0)
         a = self.abar[t].view(-1, *([1] * (x0.ndim - 1)))
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        return F.mse_loss(self.net(xt, t).float(), noise)
+        return F.mse_loss(self.net(xt, t).float(), _target(self.prediction_type, x0, noise, a))
 
 
-def diffusers_unet(sample_size: int = 32, channels: int = 1, block_out_channels=(32, 64, 64), layers_per_block: int = 1):
-    """A diffusers ``UNet2DModel`` shaped like our default UNet: 3 levels, attention at 8x8,
-    scale-shift time conditioning (ADM). With (32, 64, 64) it has 1.191 M parameters vs our 1.191 M."""
+def diffusers_unet(sample_size: int = 32, channels: int = 1, block_out_channels=(32, 64, 64), layers_per_block: int = 1,
+                   attention_levels: tuple[bool, ...] | None = None, heads: int = 4):
+    """A diffusers ``UNet2DModel`` shaped like our UNet: the same levels, residual blocks per level, attention
+    where ours has it (by default the lowest resolution only) and scale-shift time conditioning (ADM).
+    With (32, 64, 64) it has 1.191 M parameters vs our 1.191 M; with (16, 32, 64) 0.717 M vs 0.717 M."""
     from diffusers import UNet2DModel
 
+    levels = len(block_out_channels)
+    attn = attention_levels or tuple(i == levels - 1 for i in range(levels))
+    down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn)
+    up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn))
     return UNet2DModel(sample_size=sample_size, in_channels=channels, out_channels=channels,
                        layers_per_block=layers_per_block, block_out_channels=tuple(block_out_channels),
-                       down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-                       attention_head_dim=block_out_channels[-1] // 4, resnet_time_scale_shift="scale_shift")
+                       down_block_types=down, up_block_types=up,
+                       attention_head_dim=block_out_channels[-1] // heads, resnet_time_scale_shift="scale_shift",
+                       norm_num_groups=math.gcd(32, *block_out_channels))  # ours: min(32, channels) per layer
+
+
+def diffusers_unet_like(cfg: DictConfig):
+    """The diffusers twin of the configured ``model.net`` (a kakusan UNet)."""
+    net, shape = cfg.model.net, list(cfg.model.sample_shape)
+    mult = list(net.channel_mult)
+    res = [shape[-1] // 2 ** i for i in range(len(mult))]
+    return diffusers_unet(shape[-1], shape[0], tuple(net.base_channels * m for m in mult), int(net.num_res_blocks),
+                          tuple(r in list(net.attention_resolutions) for r in res), int(net.heads))
+
+
+def _target(prediction_type: str, x0: torch.Tensor, noise: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Training target for eps or v prediction (v = sqrt(abar) eps - sqrt(1 - abar) x0; Salimans & Ho 2022)."""
+    if prediction_type == "eps":
+        return noise
+    if prediction_type == "v":
+        return a.sqrt() * noise - (1 - a).sqrt() * x0
+    raise ValueError(f"the hand-written loops implement eps and v prediction, not {prediction_type!r}")
 
 
 class DiffusersRunner(_ManualLoop):
@@ -200,9 +227,10 @@ class DiffusersRunner(_ManualLoop):
         from diffusers import DDPMScheduler
 
         torch.manual_seed(0)
-        shape = list(cfg.model.sample_shape)
-        net = diffusers_unet(shape[-1], shape[0])
+        net = diffusers_unet_like(cfg)
         super().__init__(cfg, net, device)
+        self.prediction_type = cfg.model.get("prediction_type", "eps")
+        _target(self.prediction_type, torch.zeros(1), torch.zeros(1), torch.ones(1))  # unsupported: fail now
         s = cfg.model.schedule
         self.scheduler = DDPMScheduler(num_train_timesteps=s.num_timesteps, beta_schedule="linear",
                                        beta_start=s.beta_start, beta_end=s.beta_end)
@@ -212,7 +240,8 @@ class DiffusersRunner(_ManualLoop):
         noise = torch.randn_like(x0)
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
         noisy = self.scheduler.add_noise(x0, noise, t)
-        return F.mse_loss(self.net(noisy, t).sample.float(), noise)
+        target = noise if self.prediction_type == "eps" else self.scheduler.get_velocity(x0, noise, t)
+        return F.mse_loss(self.net(noisy, t).sample.float(), target)
 
 
 def build_cfg(device: torch.device, batch_size: int, lean: bool, extra: list[str] | None = None) -> DictConfig:
