@@ -24,8 +24,9 @@ from .sample_bench import build_runners
 from .train_bench import BareRunner, DiffusersRunner, FrameworkRunner, build_cfg
 
 KAKUSAN = "kakusan (Lightning, normal run)"
-DIT_OVERRIDES = ["model=dit", "model.sample_shape=[1,32,32]", "model.net.patch_size=4", "model.net.hidden_size=192",
-                 "model.net.depth=6", "model.net.num_heads=3"]
+# experiment=dit_mnist (not model=dit on top of the default experiment, whose U-Net sizes a DiT cannot take)
+DIT_OVERRIDES = ["experiment=dit_mnist", "model.sample_shape=[1,32,32]", "model.net.patch_size=4",
+                 "model.net.hidden_size=192", "model.net.depth=6", "model.net.num_heads=3"]
 
 
 def _log(msg: str) -> None:
