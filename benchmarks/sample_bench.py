@@ -31,13 +31,16 @@ def our_sampler(steps: int):
         return DDPMSampler(steps=steps, spacing="leading", progress=False), f"DDPM-{steps} (respaced)"
 
 
+DIFFUSERS_PREDICTION = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}  # our name -> diffusers' name
+
+
 def diffusers_scheduler(cfg: DictConfig, ddim: bool):
     from diffusers import DDIMScheduler, DDPMScheduler
 
     s = cfg.model.schedule
     kw = dict(num_train_timesteps=s.num_timesteps, beta_schedule="linear", beta_start=s.beta_start,
               beta_end=s.beta_end, clip_sample=True, timestep_spacing="leading",
-              prediction_type={"eps": "epsilon", "v": "v_prediction", "x0": "sample"}[cfg.model.get("prediction_type", "eps")])
+              prediction_type=DIFFUSERS_PREDICTION[cfg.model.get("prediction_type", "eps")])
     return DDIMScheduler(set_alpha_to_one=True, **kw) if ddim else DDPMScheduler(**kw)
 
 

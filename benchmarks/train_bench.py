@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from lightning_modules.diffusion.parameterization import check_prediction_type, training_target
+
 from .common import compose_train_cfg, num_params, sync
 
 for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
@@ -167,13 +169,12 @@ class BareRunner(_ManualLoop):
     def __init__(self, cfg: DictConfig, device: torch.device) -> None:
         if cfg.model.get("loss_weighting", "uniform") != "uniform":
             raise ValueError("the bare loop implements uniform loss weighting only")
-        self.prediction_type = cfg.model.get("prediction_type", "eps")
-        _target(self.prediction_type, torch.zeros(1), torch.zeros(1), torch.ones(1))  # unsupported: fail now
+        self.prediction_type = check_prediction_type(cfg.model.get("prediction_type", "eps"))
         torch.manual_seed(0)
         net = hydra.utils.instantiate(cfg.model.net)
         super().__init__(cfg, net, device)
-        schedule = hydra.utils.instantiate(cfg.model.schedule)
-        self.abar = schedule.alphas_cumprod.float().to(device)
+        self.schedule = hydra.utils.instantiate(cfg.model.schedule).to(device)
+        self.abar = self.schedule.alphas_cumprod.float()
         self.channels_last = bool(cfg.model.get("channels_last", False))
 
     def loss(self, x0: torch.Tensor) -> torch.Tensor:
@@ -181,7 +182,8 @@ class BareRunner(_ManualLoop):
         noise = torch.randn_like(x0)
         a = self.abar[t].view(-1, *([1] * (x0.ndim - 1)))
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        return F.mse_loss(self.net(xt, t).float(), _target(self.prediction_type, x0, noise, a))
+        target = training_target(self.prediction_type, self.schedule, x0, noise, t)
+        return F.mse_loss(self.net(xt, t).float(), target)
 
 
 def diffusers_unet(sample_size: int = 32, channels: int = 1, block_out_channels=(32, 64, 64), layers_per_block: int = 1,
@@ -211,15 +213,6 @@ def diffusers_unet_like(cfg: DictConfig):
                           tuple(r in list(net.attention_resolutions) for r in res), int(net.heads))
 
 
-def _target(prediction_type: str, x0: torch.Tensor, noise: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """Training target for eps or v prediction (v = sqrt(abar) eps - sqrt(1 - abar) x0; Salimans & Ho 2022)."""
-    if prediction_type == "eps":
-        return noise
-    if prediction_type == "v":
-        return a.sqrt() * noise - (1 - a).sqrt() * x0
-    raise ValueError(f"the hand-written loops implement eps and v prediction, not {prediction_type!r}")
-
-
 class DiffusersRunner(_ManualLoop):
     """The diffusers training-script loop: ``UNet2DModel`` + ``DDPMScheduler.add_noise``."""
 
@@ -229,8 +222,7 @@ class DiffusersRunner(_ManualLoop):
         torch.manual_seed(0)
         net = diffusers_unet_like(cfg)
         super().__init__(cfg, net, device)
-        self.prediction_type = cfg.model.get("prediction_type", "eps")
-        _target(self.prediction_type, torch.zeros(1), torch.zeros(1), torch.ones(1))  # unsupported: fail now
+        self.prediction_type = check_prediction_type(cfg.model.get("prediction_type", "eps"))
         s = cfg.model.schedule
         self.scheduler = DDPMScheduler(num_train_timesteps=s.num_timesteps, beta_schedule="linear",
                                        beta_start=s.beta_start, beta_end=s.beta_end)
@@ -240,7 +232,8 @@ class DiffusersRunner(_ManualLoop):
         noise = torch.randn_like(x0)
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
         noisy = self.scheduler.add_noise(x0, noise, t)
-        target = noise if self.prediction_type == "eps" else self.scheduler.get_velocity(x0, noise, t)
+        target = {"eps": lambda: noise, "x0": lambda: x0,  # diffusers' own target for each prediction type
+                  "v": lambda: self.scheduler.get_velocity(x0, noise, t)}[self.prediction_type]()
         return F.mse_loss(self.net(noisy, t).sample.float(), target)
 
 

@@ -17,7 +17,6 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-
 from .base import DataError, SplitLoadersMixin, TensorDictDataset, stratified_split
 from .mnist import load_mnist5k
 

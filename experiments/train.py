@@ -20,8 +20,8 @@ from kakusan.resume import find_resumable_run, readable_checkpoint
 from kakusan.run import (check_shapes, hydra_overrides, instantiate_group, metric_value, resolved_config,
                          seed_everything, set_torch_threads, sweep_group, task_wrapper)
 from kakusan.summary import update_summary
-from lightning_modules.callbacks.reliability import Preempted
 from kakusan.wandb_setup import configure_wandb_env
+from lightning_modules.callbacks.reliability import Preempted
 
 log = logging.getLogger("kakusan.train")
 

@@ -6,13 +6,13 @@ class UserError(Exception):
     """Bad input (config, data, weights, paths). The message says what is wrong and how to fix it."""
 
 
-def is_user_error(exc: BaseException | None) -> bool:
-    """True for a user mistake, also when wrapped (Hydra wraps errors raised while instantiating)."""
+def user_error_of(exc: BaseException | None) -> BaseException | None:
+    """The user mistake (UserError or DataError) behind ``exc``, also when wrapped (Hydra wraps errors
+    raised while instantiating); None for anything else."""
     from datamodules.base import DataError
 
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, (UserError, DataError)):
-            return True
-        exc, seen = exc.__cause__, seen + 1
-    return False
+    for _ in range(10):  # a cause chain is short; the bound guards against cycles
+        if exc is None or isinstance(exc, (UserError, DataError)):
+            return exc
+        exc = exc.__cause__
+    return None

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import ddp_launch
 from .ddp_launch import global_rank
-from .errors import UserError, is_user_error
+from .errors import UserError, user_error_of
 from .summary import update_summary
 from .wandb_setup import finish_wandb
 
@@ -149,11 +149,9 @@ def task_wrapper(task: Callable[[DictConfig], dict[str, Any]]) -> Callable[[Dict
             if is_multirun():
                 log.error("job failed (recorded in %s/failure.json): %s", run_dir, exc)
                 return {"status": "failed"}
-            if is_user_error(exc):
-                root = exc
-                while not isinstance(root, (UserError,)) and root.__cause__ is not None and type(root).__name__ != "DataError":
-                    root = root.__cause__
-                print(f"\nerror: {root}\n", file=sys.stderr)
+            mistake = user_error_of(exc)
+            if mistake is not None:
+                print(f"\nerror: {mistake}\n", file=sys.stderr)
                 sys.exit(2)
             raise
         finish_wandb(exit_code=0)

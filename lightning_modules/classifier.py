@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from datamodules.base import DataError
+
 from .optim import build_optimizers
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-
 from typing import Any, Callable, Iterable
 
 import pytorch_lightning as pl
@@ -29,8 +28,6 @@ def warmup_cosine(optimizer: Optimizer, warmup_steps: int = 0, total_steps: int 
 def total_training_steps(trainer: pl.Trainer) -> int:
     """Optimiser steps of the whole run, computed without ``trainer.estimated_stepping_batches``
     (which builds and starts the train loader before a resumed run restores its position)."""
-    import math
-
     if trainer.max_steps and trainer.max_steps > 0:
         return int(trainer.max_steps)
     n = len(trainer.datamodule.train_dataloader())

@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
 from ..optim import build_optimizers
 
 NUM_JOINTS = 21
@@ -102,6 +103,7 @@ class HandKeypointRegressor(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         return build_optimizers(self, self.parameters(), self.optimizer_factory, self.lr_scheduler_factory)
+
 
 @torch.no_grad()
 def predict_keypoints(model: nn.Module, images: Tensor, batch_size: int = 256) -> tuple[Tensor, Tensor]:
