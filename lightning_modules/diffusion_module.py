@@ -8,6 +8,8 @@ assumes a shape. Model families specialise it through small hooks (``encode``/``
 """
 from __future__ import annotations
 
+import copy
+import logging
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -23,6 +25,8 @@ from .diffusion.samplers.base import Sampler, StepHook
 from .diffusion.schedule import NoiseSchedule
 from .numerics import NONFINITE_POLICIES, nonfinite_error
 from .optim import build_optimizers
+
+log = logging.getLogger(__name__)
 
 
 def plain_hparams(hparams: Any) -> None:
@@ -219,6 +223,24 @@ class DiffusionModule(pl.LightningModule):
             raise ValueError(f"guidance_scale={scale} needs a conditional model and a condition to guide with")
         return guided_model_fn(lambda x, t, **c: self.denoiser(x, t, **c), cond, null, scale)
 
+    @property
+    def bounded_model_space(self) -> bool:
+        """Whether data in model space lies in [-1, 1] (pixels). Latent modules return False."""
+        return True
+
+    def _unclipped(self, sampler: Sampler) -> Sampler:
+        """Clipping the predicted ``x0`` to [-1, 1] is right for pixels and wrong for latents (their
+        values are not bounded): a latent module samples with a copy of the sampler that does not clip."""
+        if self.bounded_model_space or not getattr(sampler, "clip_x0", False):
+            return sampler
+        if not getattr(self, "_warned_clip", False):
+            log.warning("%s samples in an unbounded latent space: sampler clip_x0 is turned off for it "
+                        "(set sampler.clip_x0=false to silence this)", type(self).__name__)
+            self._warned_clip = True
+        sampler = copy.copy(sampler)
+        sampler.clip_x0 = False
+        return sampler
+
     @torch.no_grad()
     def sample(self, num: int, cond: dict[str, Any] | None = None, sampler: Sampler | None = None,
                generator: torch.Generator | None = None, guidance_scale: float | None = None,
@@ -232,7 +254,7 @@ class DiffusionModule(pl.LightningModule):
             raise ValueError("sample_shape is not set for this model; set model.sample_shape in the config")
         if num < 1:
             raise ValueError(f"num must be >= 1, got {num}")
-        sampler = sampler or self.sampler
+        sampler = self._unclipped(sampler or self.sampler)
         cond = dict(cond or {})
         if self.num_classes and "y" not in cond:
             cond["y"] = torch.arange(num, device=self.device) % self.num_classes

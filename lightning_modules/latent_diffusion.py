@@ -98,6 +98,10 @@ class LatentDiffusion(DiffusionModule):
         default_prompts: prompts cycled when ``sample()`` is called without a condition.
     """
 
+    @property
+    def bounded_model_space(self) -> bool:
+        return False  # latents are not bounded to [-1, 1]
+
     def __init__(self, net: nn.Module, *args: Any, data_shape: Sequence[int], autoencoder_ckpt: str | None = None,
                  pretrained_vae: str | None = None, vae_hub_id: str | None = None, allow_download: bool = False,
                  scale_factor: float | None = None, text_encoder: nn.Module | None = None, latent_sample: bool = True,

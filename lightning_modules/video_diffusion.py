@@ -6,7 +6,9 @@ classifier-free guidance) is shared with image diffusion. Two additions:
 - **Frame-wise latent space** (optional): ``autoencoder_ckpt`` points at a checkpoint of
   ``lightning_modules.autoencoder.AutoencoderModule``; each frame is encoded to ``z * scale``
   and decoded back, so ``sample_shape`` is then the latent clip shape ``(T, c, h, w)`` and
-  ``data_shape`` the pixel clip shape.
+  ``data_shape`` the pixel clip shape. ``cache_latents=True`` encodes the training clips once at
+  the start of training (posterior mean and standard deviation per frame) and draws each step's
+  latent from the cache, instead of running the encoder on every batch.
 - **Joint image-video training** (Latte, Sec. 3.3): with probability ``image_batch_prob`` a
   training batch is treated as independent images (the net skips temporal attention and the
   temporal position embedding: ``independent_frames=True``). Under DDP this leaves the temporal
@@ -54,22 +56,28 @@ class VideoDiffusionModule(DiffusionModule):
         data_shape: one clip in data space; defaults to ``sample_shape`` (pixel models).
         image_batch_prob: fraction of training batches trained as independent images.
         encode_batch_size: frames per autoencoder call (bounds memory).
+        cache_latents: encode the training clips once at the start of training (latent models).
         other arguments: as :class:`DiffusionModule`.
     """
 
     def __init__(self, *args: Any, autoencoder_ckpt: str | None = None, latent_scale: float | None = None,
                  data_shape: list[int] | None = None, image_batch_prob: float = 0.0,
-                 encode_batch_size: int = 64, **kwargs: Any) -> None:
+                 encode_batch_size: int = 64, cache_latents: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.sample_shape is not None and len(self.sample_shape) != 4:
             raise UserError(f"a video model's sample_shape is (T, C, H, W); got {list(self.sample_shape)}")
         if not 0.0 <= image_batch_prob <= 1.0:
             raise UserError(f"image_batch_prob must lie in [0, 1], got {image_batch_prob}")
         self.image_batch_prob, self.encode_batch_size = image_batch_prob, encode_batch_size
+        self.cache_latents = cache_latents
         self.autoencoder_ckpt, self._latent_scale_override = autoencoder_ckpt, latent_scale
         self._autoencoder: nn.Module | None = None
         self.latent_scale = 1.0
         self._data_shape = tuple(data_shape) if data_shape is not None else None
+
+    @property
+    def bounded_model_space(self) -> bool:
+        return not self.autoencoder_ckpt  # frame-wise latents are unbounded
 
     @property
     def data_shape(self) -> tuple[int, ...] | None:
@@ -95,12 +103,45 @@ class VideoDiffusionModule(DiffusionModule):
         out = torch.cat([fn(chunk) for chunk in frames.split(self.encode_batch_size)])
         return out.reshape(b, t, *out.shape[1:])
 
+    def _cached_shape(self) -> tuple[int, ...]:
+        t, c, h, w = self.sample_shape
+        return t, 2 * c, h, w  # per frame: posterior mean and standard deviation
+
     def encode(self, x: Tensor) -> Tensor:
         if self.autoencoder is None:
             return x
+        if tuple(x.shape[1:]) == self._cached_shape() != tuple(self.data_shape):  # from the latent cache
+            mean, std = x.chunk(2, dim=2)
+            return (mean + std * torch.randn_like(mean)) * self.latent_scale
         ae = self.autoencoder.to(x.device)
         with torch.no_grad():
             return self._framewise(lambda f: ae.encode(f).sample() * self.latent_scale, x)
+
+    def on_fit_start(self) -> None:
+        dm = self.trainer.datamodule
+        if self.cache_latents and self.autoencoder is not None and getattr(dm, "train_set", None) is not None:
+            self._cache_training_latents(dm)
+
+    @torch.no_grad()
+    def _cache_training_latents(self, dm: Any) -> None:
+        from tqdm.auto import tqdm
+
+        from datamodules.base import TensorDictDataset
+
+        fields = dict(getattr(dm.train_set, "fields", {}))
+        x = fields.get("x")
+        if x is None or tuple(x.shape[1:]) != tuple(self.data_shape):
+            return  # not an in-memory clip dataset, or already cached
+        ae = self.autoencoder.to(self.device)
+        out = []
+        clips = max(1, self.encode_batch_size // x.shape[1])
+        for i in tqdm(range(0, len(x), clips), desc="caching latents", leave=False):
+            def moments(f: Tensor) -> Tensor:
+                post = ae.encode(f)
+                return torch.cat([post.mean, post.std], 1)
+            out.append(self._framewise(moments, x[i:i + clips].to(self.device)).cpu())
+        fields["x"] = torch.cat(out)
+        dm.train_set = TensorDictDataset(**fields)
 
     def decode(self, z: Tensor) -> Tensor:
         if self.autoencoder is None:
