@@ -241,3 +241,85 @@ class CLIPScoreCallback(pl.Callback):
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.at_test:
             self._report(trainer, pl_module, use_log=True)
+
+
+class VideoMetricsCallback(pl.Callback):
+    """Video numbers of EMA samples against real clips, at the end of training and at test.
+
+    Logs (see :mod:`lightning_modules.metrics.video`) ``video/frame_fid_<fid_extractor>`` (every frame
+    an image), ``video/temporal_change_fake`` / ``_real`` / ``_gap`` (mean absolute frame-to-frame
+    change: flicker or freezing) and ``video/fvd_<fvd_extractor>`` (``random3d``: a fixed random 3-D
+    conv net, for comparing runs of this project; ``i3d``: the TorchScript I3D at ``i3d_path``, a
+    clear error before training when the file is missing). ``None`` skips FID or FVD. Samples are
+    seeded, so the same checkpoint gives the same numbers. Runs on rank 0 only.
+
+    Args:
+        num_samples: generated clips; ``real_num_samples`` real clips of ``real_split`` (default: as many).
+        sampler: overrides the module's sampler (e.g. DDIM with fewer steps).
+    """
+
+    def __init__(self, num_samples: int = 128, batch_size: int = 64, fid_extractor: str | None = "digits",
+                 fvd_extractor: str | None = "random3d", i3d_path: str | None = None, sampler: Any = None,
+                 seed: int = 0, real_split: str = "val", real_num_samples: int | None = None,
+                 every_n_epochs: int = 0, on_train_end: bool = True, on_test: bool = True,
+                 cache_dir: str | None = None, output_dir: str | None = None) -> None:
+        super().__init__()
+        if num_samples < 2:
+            raise UserError(f"VideoMetricsCallback needs num_samples >= 2, got {num_samples}")
+        if fid_extractor is not None:
+            check_extractor(fid_extractor)
+        if fvd_extractor not in (None, "random3d", "i3d"):
+            raise UserError(f"unknown FVD extractor {fvd_extractor!r}; choose random3d, i3d or null")
+        self.num_samples, self.batch_size, self.seed, self.sampler = num_samples, batch_size, seed, sampler
+        self.fid_extractor, self.fvd_extractor, self.i3d_path = fid_extractor, fvd_extractor, i3d_path
+        self.real_split, self.real_num = real_split, real_num_samples or num_samples
+        self.every_n_epochs, self.at_end, self.at_test = every_n_epochs, on_train_end, on_test
+        self.cache_dir, self.output_dir = cache_dir, output_dir
+        self.last: dict[str, float] = {}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not hasattr(pl_module, "sample"):
+            raise UserError(f"VideoMetricsCallback needs a module with sample(); {type(pl_module).__name__} has none")
+        if self.fid_extractor is not None:
+            prepare_extractor(self.fid_extractor)
+        if self.fvd_extractor == "i3d":
+            from lightning_modules.metrics.video import resolve_i3d_path
+
+            resolve_i3d_path(self.i3d_path, self.cache_dir)  # missing weights fail here, before training
+
+    @torch.no_grad()
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        from lightning_modules.metrics.video import video_metrics
+
+        dm = trainer.datamodule
+        if dm is None or not hasattr(dm, "real_samples"):
+            raise UserError("VideoMetricsCallback needs a datamodule with real_samples(num, split)")
+        real = dm.real_samples(self.real_num, self.real_split).float()
+        fake, _ = draw_samples(pl_module, self.num_samples, self.batch_size, self.seed, self.sampler,
+                               progress=trainer.is_global_zero)
+        if fake.shape[1:] != real.shape[1:]:
+            raise UserError(f"generated clips {tuple(fake.shape[1:])} and real clips {tuple(real.shape[1:])} differ "
+                            f"in shape; check model.sample_shape / data_shape against the data config")
+        self.last = video_metrics(fake, real, self.fid_extractor, self.fvd_extractor, self.i3d_path, self.cache_dir)
+        return self.last
+
+    def _report(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return  # sampling is rank 0's alone; the numbers go to rank 0's loggers and summary
+        values = self.evaluate(trainer, pl_module)
+        report_metrics(trainer, pl_module, values, False, self.output_dir,
+                       {"video/num_samples": self.num_samples})
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not self.every_n_epochs or trainer.fast_dev_run:
+            return
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._report(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.at_end and not trainer.fast_dev_run:
+            self._report(trainer, pl_module)
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.at_test:
+            self._report(trainer, pl_module)
