@@ -3,8 +3,9 @@
 Samples the whole chain (stage-1 hand + mask, placement, stage-2 outpainting with the chosen blend)
 from the keypoints and labels of real photos, then writes into the run folder:
 
-- ``summary.json``: ``seam_score`` (mean gradient magnitude on the composite boundary band) with
-  the real photos' ``seam_real`` along their own hand boundary and the ratio; ``mpjpe_px`` (keypoint
+- ``summary.json``: ``seam_score`` (mean gradient magnitude over one band around the hand mask that
+  holds every blend's cut: from the expansion's start radius to its end radius, and 0) with the real
+  photos' ``seam_real`` over the same band around their own hands, and the ratio; ``mpjpe_px`` (keypoint
   regressor on the generated frames vs the conditioning keypoints, pixels) with the regressor's own
   error on the real photos (``mpjpe_real_px``, the floor); ``fid_inception`` against the real photos
   of the split (few images: compare runs, not papers) and ``fid_handpose`` (Fréchet distance in the
@@ -35,7 +36,7 @@ from kakusan.manifest import write_manifest
 from kakusan.run import hydra_overrides, is_multirun, resolved_config, seed_everything, set_torch_threads, task_wrapper
 from kakusan.summary import update_summary
 from kakusan.wandb_setup import configure_wandb_env
-from lightning_modules.diffusion.mask_expansion import ExpansionSchedule, dilate_mask
+from lightning_modules.diffusion.mask_expansion import ExpansionSchedule
 from lightning_modules.hand_pipeline import HandTwoStagePipeline
 from lightning_modules.metrics.hand_seam import seam_score
 
@@ -60,11 +61,16 @@ def generate(pipe: HandTwoStagePipeline, kp: torch.Tensor, y: torch.Tensor, blen
         o = pipe(kp[s:s + batch_size], y[s:s + batch_size], blend, sched, seed=seed + 10 * b,
                  hands=hands[b] if hands else None)
         new_hands.append((o.hand_rgb, o.hand_mask) if o.hand_rgb is not None else None)
-        for k in ("final", "keypoint_map", "hand_rgb", "hand_mask", "composite_mask"):
+        for k in ("final", "keypoint_map", "hand_rgb", "hand_mask", "mask", "composite_mask"):
             v = getattr(o, k)
             if v is not None:
                 outs.setdefault(k, []).append(v.cpu())
     return {k: torch.cat(v) for k, v in outs.items()}, new_hands
+
+
+def seam_band_radii(sched: ExpansionSchedule) -> tuple[int, int]:
+    """Radii ``(lo, hi)`` around the hand mask covering every cut the blends make (paste cuts at 0)."""
+    return min(sched.r_start, 0), max(sched.r_end, 0)
 
 
 @lru_cache(maxsize=4)
@@ -84,12 +90,17 @@ def hand_metrics(cfg: DictConfig, pipe: HandTwoStagePipeline, gen: dict[str, tor
     out: dict[str, Any] = {"num_samples": int(len(gen["final"]))}
     final, x_real = gen["final"], real["x"]
     real_mask = real["cond"]["mask"]
-    radius = sched.r_end if blend in ("expansion", "fixed") else 0
-    comp = gen.get("composite_mask", real_mask)  # one_stage: the real photo's hand boundary as the place to look
+    # One band for every blend: all pixels from the hand mask eroded by the expansion's start radius
+    # to the mask dilated by its end radius (and 0 for paste), widened by seam_width. Each blend cuts
+    # somewhere inside it, so paste, fixed and expansion are scored over the same pixels of the same
+    # hands, and the real photos over the same band around their own hand masks.
+    band = seam_band_radii(sched)
+    hand = gen.get("mask", real_mask)  # one_stage: the real photo's hand as the place to look
     w = int(cfg.metrics.seam_width)
-    out["seam_score"] = float(seam_score(final, comp, w))
-    out["seam_real"] = float(seam_score(x_real, dilate_mask(real_mask, radius), w))
+    out["seam_score"] = float(seam_score(final, hand, w, radii=band))
+    out["seam_real"] = float(seam_score(x_real, real_mask, w, radii=band))
     out["seam_ratio"] = out["seam_score"] / max(out["seam_real"], 1e-12)
+    out["seam_band"] = list(band)
     if cfg.pose_ckpt:
         from lightning_modules.metrics.fid import feature_stats, frechet_distance
         from lightning_modules.metrics.hand_pose import mpjpe_px, predict_keypoints

@@ -102,6 +102,24 @@ def test_seam_score_higher_for_pasted_with_offset(data_dir):
         seam_score(x, m[:, :, :16, :16])
 
 
+def test_seam_band_radii_cover_every_cut():
+    from lightning_modules.metrics.hand_seam import boundary_band
+
+    m = torch.zeros(1, 1, 16, 16)
+    m[..., 5:11, 5:11] = 1  # a 6x6 square
+    assert torch.equal(boundary_band(m, 1), boundary_band(m, 1, (0, 0)))
+    band = boundary_band(m, 1, (-2, 1))
+    # from the square eroded by 3 (rows 8..7: empty) to the square dilated by 2 (a rounded 10x10)
+    assert band[0, 0, 7, 7] == 1 and band[0, 0, 5, 5] == 1 and band[0, 0, 3, 7] == 1 and band[0, 0, 2, 7] == 0
+    assert band.sum() > boundary_band(m, 1).sum()
+    # a seam cut anywhere inside the band is seen; one outside it is not
+    img = torch.zeros(1, 3, 16, 16)
+    img[..., :, 13:] = 1.0  # vertical edge between columns 12 and 13, two pixels outside the square
+    assert seam_score(img, m, 1, radii=(-2, 1)) > 0 and seam_score(img, m, 1) == 0
+    with pytest.raises(ValueError, match="lo <= hi"):
+        boundary_band(m, 1, (1, -2))
+
+
 def _tiny_run(name: str, out: Path, extra=()) -> Path:
     cfg = compose_cfg([f"experiment={name}", "debug=limit", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
                        "trainer.limit_val_batches=1"] + TINY + list(extra), out)
@@ -163,6 +181,7 @@ def test_hands_entry_ablation_summary_figure_and_table(ckpts, make_cfg):
     from experiments.hands import run_hands, write_ablation_table
 
     sweep = ckpts["root"] / "sweep"
+    reals = []
     for i, ab in enumerate(("one_stage", "paste", "expansion")):
         cfg = compose_cfg([f"hands_ablation={ab}", f"stage1_ckpt={ckpts['s1']}", f"stage2_ckpt={ckpts['s2']}",
                            f"pose_ckpt={ckpts['reg']}", "num_samples=4", "batch_size=4", "sampler.steps=3",
@@ -171,7 +190,10 @@ def test_hands_entry_ablation_summary_figure_and_table(ckpts, make_cfg):
         s = run_hands(cfg)
         assert s["status"] == "finished" and s["ablation"] == ab and s["num_samples"] == 4
         assert s["seam_score"] > 0 and s["seam_real"] > 0 and s["mpjpe_px"] > 0 and s["mpjpe_real_px"] > 0
+        assert s["seam_band"] == [-2, 1]  # one band for every blend: expansion's start radius to its end
+        reals.append(s["seam_real"])
         assert (sweep / str(i) / "figure.png").is_file()
+    assert reals[0] == reals[1] == reals[2]  # the real photos are scored over the same band for all three
     table = write_ablation_table(sweep)
     rows = table.read_text().strip().splitlines()
     assert len(rows) == 5 and "one_stage" in rows[2] and "expansion" in rows[4]

@@ -1,10 +1,13 @@
 """Seam score: how sharp an image changes across the boundary of a pasted region.
 
 ``seam_score(images, masks)`` is the mean gradient magnitude (central differences, L2 over RGB,
-images in [-1, 1]) over the boundary band of each mask: pixels within ``width`` pixels of the
-mask's edge on either side. A composite with a visible seam (colour jump, misaligned content) has a
-higher score than a real photo measured along its own hand boundary, which still has the natural
-skin/background edge; report generated scores next to the real reference (and their ratio).
+images in [-1, 1]) over a band around the boundary of each mask: pixels within ``width`` pixels of
+the mask's edge on either side, or, with ``radii=(lo, hi)``, every pixel between the mask eroded by
+``width - lo`` and dilated by ``hi + width`` (the whole zone where blends with different radii can
+leave their cut). A composite with a visible seam (colour jump, misaligned content) has a higher
+score than a real photo over the same band around its own hand, which still has the natural
+skin/background edge; report generated scores next to the real reference (and their ratio), and
+compare blends over the same band.
 """
 from __future__ import annotations
 
@@ -23,20 +26,25 @@ def gradient_magnitude(images: Tensor) -> Tensor:
     return (gx ** 2 + gy ** 2).sum(1, keepdim=True).sqrt()
 
 
-def boundary_band(masks: Tensor, width: int = 1) -> Tensor:
-    """Pixels within ``width`` of the mask boundary: ``dilate(m, w) - erode(m, w)``, ``(B, 1, H, W)``."""
-    return dilate_mask(masks, width) - dilate_mask(masks, -width)
+def boundary_band(masks: Tensor, width: int = 1, radii: tuple[int, int] = (0, 0)) -> Tensor:
+    """``(B, 1, H, W)`` band ``dilate(m, hi + w) - dilate(m, lo - w)`` for ``radii=(lo, hi)``: with the
+    default ``(0, 0)``, the pixels within ``width`` of the mask boundary on either side."""
+    lo, hi = (int(r) for r in radii)
+    if hi < lo:
+        raise ValueError(f"seam band radii must be (lo, hi) with lo <= hi, got {radii}")
+    return dilate_mask(masks, hi + width) - dilate_mask(masks, lo - width)
 
 
-def seam_score(images: Tensor, masks: Tensor, width: int = 1, reduce: bool = True) -> Tensor:
-    """Mean gradient magnitude over each mask's boundary band (per image if ``reduce=False``)."""
+def seam_score(images: Tensor, masks: Tensor, width: int = 1, reduce: bool = True,
+               radii: tuple[int, int] = (0, 0)) -> Tensor:
+    """Mean gradient magnitude over each mask's band (per image if ``reduce=False``); see the module doc."""
     if images.ndim != 4 or masks.ndim != 4 or masks.shape[1] != 1:
         raise ValueError(f"seam_score expects images (B,C,H,W) and masks (B,1,H,W), got {tuple(images.shape)} "
                          f"and {tuple(masks.shape)}")
     if masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]:
         raise ValueError(f"mask {tuple(masks.shape)} does not match images {tuple(images.shape)}: one (1, H, W) "
                          f"mask per image at the image's resolution")
-    band = boundary_band(masks.to(images.device), width)
+    band = boundary_band(masks.to(images.device), width, radii)
     g = gradient_magnitude(images)
     per = (g * band).sum((1, 2, 3)) / band.sum((1, 2, 3)).clamp(min=1)
     valid = band.sum((1, 2, 3)) > 0
