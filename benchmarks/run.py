@@ -1,6 +1,7 @@
 """Run the benchmarks and print one Markdown table.
 
     python -m benchmarks.run [--quick] [--device cpu|cuda] [--out FILE.md] [--threads N] [--no-dit]
+                             [--reps N] [--timed N] [--no-sampling]
 
 Variants of one benchmark run in the same process on the same data and seed, interleaved
 (A B C, B C A, C A B, ...) so that load from other processes hits all of them alike. Each
@@ -77,6 +78,8 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     ap.add_argument("--no-dit", action="store_true", help="skip the DiT benchmarks")
     ap.add_argument("--reps", type=int, help="timed repetitions per variant")
+    ap.add_argument("--timed", type=int, help="timed training steps per repetition (more: less noise, longer run)")
+    ap.add_argument("--no-sampling", action="store_true", help="skip the sampling benchmarks")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda but torch sees no CUDA device")
@@ -91,6 +94,7 @@ def main(argv: list[str] | None = None) -> str:
     else:
         tb, warm, timed, reps, sb, steps = (128 if gpu else 64), 3, (50 if gpu else 10), 3, (64 if gpu else 16), 50
     reps = args.reps or reps
+    timed = args.timed or timed
     load_before = load_average()
     started = time.time()
     results: list[Result] = []
@@ -103,9 +107,10 @@ def main(argv: list[str] | None = None) -> str:
                "diffusers UNet2DModel + DDPMScheduler loop": DiffusersRunner(fw_cfg, device)}
     results += bench_training("train UNet", runners, tb, warm, timed, reps, device)
 
-    _log("UNet sampling")
-    samplers, label = build_runners(fw_cfg, device, sb, steps)
-    results += bench_sampling(f"sample UNet {label}", samplers, sb, reps, device)
+    if not args.no_sampling:
+        _log("UNet sampling")
+        samplers, label = build_runners(fw_cfg, device, sb, steps)
+        results += bench_sampling(f"sample UNet {label}", samplers, sb, reps, device)
 
     dit_exists = (Path(__file__).resolve().parents[1] / "lightning_modules" / "nets" / "dit.py").is_file()
     if dit_exists and not args.no_dit:
@@ -113,9 +118,10 @@ def main(argv: list[str] | None = None) -> str:
         dit_cfg = build_cfg(device, tb, lean=False, extra=DIT_OVERRIDES)
         runners = {KAKUSAN: FrameworkRunner(dit_cfg), "bare PyTorch loop": BareRunner(dit_cfg, device)}
         results += bench_training("train DiT", runners, tb, warm, timed, reps, device)
-        _log("DiT sampling")
-        samplers, label = build_runners(dit_cfg, device, sb, steps, with_diffusers_net=False)
-        results += bench_sampling(f"sample DiT {label}", samplers, sb, reps, device)
+        if not args.no_sampling:
+            _log("DiT sampling")
+            samplers, label = build_runners(dit_cfg, device, sb, steps, with_diffusers_net=False)
+            results += bench_sampling(f"sample DiT {label}", samplers, sb, reps, device)
 
     reference: dict[str, str] = {}
     for r in results:

@@ -159,3 +159,14 @@ def test_ddp_child_command_runs_the_job_not_the_sweep(monkeypatch, tmp_path):
     assert ["-cn", "train"] == cmd[cmd.index("-cn"):cmd.index("-cn") + 2]
     assert f'hydra.run.dir="{tmp_path / "sweep" / "3"}"' in cmd and "hydra.mode=RUN" in cmd
     assert not any(c.startswith("hydra.sweep") for c in cmd) and cwd == str(ROOT)
+
+
+def test_local_parallel_launcher_runs_jobs_as_separate_processes(tmp_path):
+    sweep = tmp_path / "parallel"
+    multirun(["launcher=local_parallel", "debug=fast_dev_run", "logger=csv", "seed=0,1", f"hydra.sweep.dir={sweep}"])
+    for i in (0, 1):
+        summary = json.loads((sweep / str(i) / "summary.json").read_text())
+        assert summary["status"] == "finished" and summary["seed"] == i
+    # submitit's local executor ran each job in its own process, with its own log folder
+    logs = [p for p in (sweep / ".submitit").iterdir() if p.name.isdigit()]
+    assert len(logs) == 2 and all(list(p.glob("*_log.out")) for p in logs)

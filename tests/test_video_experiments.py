@@ -71,6 +71,90 @@ def test_framewise_latent_video_through_autoencoder_checkpoint(make_cfg, tmp_pat
                                        "progress": False})
     clips = model.sample(2, sampler=sampler, generator=torch.Generator().manual_seed(0))
     assert clips.shape == (2, 8, 1, 32, 32) and clips.abs().max() <= 1
+    # latents are unbounded: a sampler set to clip x0 to [-1, 1] (the pixel default) is not allowed to clip them
+    torch.nn.init.normal_(model.net.final_layer.linear.weight, std=1.0)  # x0 predictions far outside [-1, 1]
+    make = lambda clip: hydra.utils.instantiate({"_target_": "lightning_modules.diffusion.samplers.DDIMSampler",  # noqa: E731
+                                                 "steps": 2, "progress": False, "clip_x0": clip})
+    clipping = make(True)
+    draw = lambda s: model.sample(2, sampler=s, generator=torch.Generator().manual_seed(0), use_ema=False)  # noqa: E731
+    assert torch.equal(draw(clipping), draw(make(False)))
+    assert clipping.clip_x0 is True  # the caller's sampler is left as it was
     bad = make_cfg(["experiment=video_dit_moving_mnist", f"model.autoencoder_ckpt={tmp_path}/none.ckpt"], sub="bad")
     with pytest.raises(UserError, match="none.ckpt"):
         hydra.utils.instantiate(bad.model).setup("fit")
+
+
+def test_video_metrics_callback_summary_and_seeded_repeat(make_cfg):
+    import json
+    import math
+    from types import SimpleNamespace
+
+    from kakusan.checkpoint import load_datamodule, load_module
+
+    cfg = make_cfg(["experiment=video_dit_moving_mnist", "debug=limit", "logger=csv", "model.net.hidden_size=32",
+                    "model.net.depth=2", "data.num_train=32", "data.num_val=16", "trainer.max_epochs=1",
+                    "callbacks.video_logger.num_samples=2", "callbacks.video_logger.per_sample=1", "sampler.steps=2"])
+    assert cfg.callbacks.video_metrics.num_samples == 8  # the debug config shrinks it
+    assert train(cfg)["status"] == "finished"
+    run = Path(cfg.paths.output_dir)
+    summary = json.loads((run / "summary.json").read_text())
+    keys = ("video/frame_fid_digits", "video/fvd_random3d", "video/temporal_change_fake",
+            "video/temporal_change_real", "video/temporal_change_gap")
+    assert all(math.isfinite(summary[k]) for k in keys)
+    assert summary["video/temporal_change_real"] > 0 and summary["video/frame_fid_digits"] > 0
+    # the numbers come from seeded samples: the checkpoint gives them again
+    module, ckpt_cfg = load_module(run / "checkpoints" / "last.ckpt")
+    cb = hydra.utils.instantiate(cfg.callbacks.video_metrics)
+    trainer = SimpleNamespace(datamodule=load_datamodule(ckpt_cfg), is_global_zero=True)
+    again = cb.evaluate(trainer, module)
+    assert all(again[k] == pytest.approx(summary[k], rel=1e-5) for k in keys)
+
+
+def test_video_metrics_callback_bad_settings():
+    from lightning_modules.callbacks.metrics import VideoMetricsCallback
+
+    with pytest.raises(UserError, match="num_samples"):
+        VideoMetricsCallback(num_samples=1)
+    with pytest.raises(UserError, match="FVD extractor"):
+        VideoMetricsCallback(fvd_extractor="c3d")
+
+
+def test_video_ldm_moving_mnist_composes_latent_ablation(make_cfg):
+    cfg = make_cfg(["experiment=video_ldm_moving_mnist", "model.net.variant=joint"])
+    assert cfg.model.sample_shape == [8, 4, 8, 8] and cfg.model.data_shape == [8, 1, 32, 32] == [8, 1, *[cfg.data.image_size] * 2]
+    assert cfg.model.net.in_channels == 4 and cfg.model.net.input_size == 8 and cfg.model.net.variant == "joint"
+    assert cfg.model.autoencoder_ckpt.endswith("autoencoder_mnist/latest/last.ckpt")
+    assert cfg.callbacks.video_metrics.fid_extractor == "digits"
+
+
+def test_video_latent_cache_encodes_training_clips_once(make_cfg, tmp_path):
+    from datamodules.base import TensorDictDataset
+
+    ae_cfg = make_cfg(["experiment=autoencoder_mnist", "model.autoencoder.base_channels=8"], sub="ae")
+    ae_module = hydra.utils.instantiate(ae_cfg.model)
+    ae_module.scale_factor.fill_(0.5)
+    ckpt = tmp_path / "ae.ckpt"
+    torch.save({"state_dict": ae_module.state_dict(),
+                "kakusan": {"config": OmegaConf.to_container(ae_cfg, resolve=True)}}, ckpt)
+    cfg = make_cfg(["experiment=video_ldm_moving_mnist", f"model.autoencoder_ckpt={ckpt}", "model.cache_latents=true",
+                    "model.net.hidden_size=32", "model.net.depth=2", "data.num_train=6", "data.num_val=4",
+                    "data.batch_size=2"], sub="v")
+    model = hydra.utils.instantiate(cfg.model)
+    dm = hydra.utils.instantiate(cfg.data)
+    dm.setup("fit")
+    clips = dm.train_set.fields["x"].clone()
+    model._cache_training_latents(dm)
+    cached = dm.train_set.fields["x"]
+    assert isinstance(dm.train_set, TensorDictDataset) and cached.shape == (6, 8, 8, 8, 8)  # (N, T, 2c, h, w)
+    post = model.autoencoder.encode(clips[:2].flatten(0, 1))
+    assert torch.allclose(cached[:2, :, :4].flatten(0, 1), post.mean, atol=1e-5)
+    assert torch.allclose(cached[:2, :, 4:].flatten(0, 1), post.std, atol=1e-5)
+    # a cached batch becomes a posterior sample in latent units; with zero spread, exactly the scaled mean
+    z = model.encode(cached[:2])
+    assert z.shape == (2, 8, 4, 8, 8) and not torch.equal(z, model.encode(cached[:2]))
+    still = cached[:2].clone()
+    still[:, :, 4:] = 0
+    assert torch.allclose(model.encode(still), 0.5 * cached[:2, :, :4])
+    model._cache_training_latents(dm)  # already cached: left alone
+    assert dm.train_set.fields["x"] is cached
+    assert torch.isfinite(model.training_step({"x": cached[:2]}, 0))
