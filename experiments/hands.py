@@ -12,6 +12,8 @@ from the keypoints and labels of real photos, then writes into the run folder:
   regressor's 128-d features, a cheap hand-specific number);
 - ``figure.png``: rows = keypoints, stage-1 hand, stage-1 mask, then the final frame of each blend
   (one_stage, paste, expansion) on the same hands and seeds, then the real photo;
+- ``stage2_sees_hand=false`` (the ``*_blind`` ablations) gives stage 2 pose and label only, so the
+  hand joins the frame through the blend alone: the setting where blending has all the work to do;
 - in a multirun, ``ablation_table.csv`` / ``.md`` in the sweep folder, over every finished job.
 """
 from __future__ import annotations
@@ -41,8 +43,8 @@ from lightning_modules.hand_pipeline import HandTwoStagePipeline
 from lightning_modules.metrics.hand_seam import seam_score
 
 log = logging.getLogger("kakusan.hands")
-TABLE_KEYS = ("ablation", "seam_score", "seam_real", "seam_ratio", "mpjpe_px", "mpjpe_real_px", "fid_inception",
-              "fid_handpose", "num_samples")
+TABLE_KEYS = ("ablation", "stage2_sees_hand", "seam_score", "seam_real", "seam_ratio", "mpjpe_px", "mpjpe_real_px",
+              "fid_inception", "fid_handpose", "num_samples")
 FIGURE_BLENDS = ("one_stage", "paste", "expansion")
 
 
@@ -53,13 +55,14 @@ def _device(name: str) -> torch.device:
 
 
 def generate(pipe: HandTwoStagePipeline, kp: torch.Tensor, y: torch.Tensor, blend: str, sched: ExpansionSchedule,
-             batch_size: int, seed: int, hands: list | None = None) -> tuple[dict[str, torch.Tensor], list]:
+             batch_size: int, seed: int, hands: list | None = None, stage2_sees_hand: bool = True
+             ) -> tuple[dict[str, torch.Tensor], list]:
     """Run the pipeline in batches (batch ``b`` uses seed ``seed + 10 b``); returns stacked outputs and the hands."""
     outs: dict[str, list[torch.Tensor]] = {}
     new_hands = []
     for b, s in enumerate(range(0, len(kp), batch_size)):
         o = pipe(kp[s:s + batch_size], y[s:s + batch_size], blend, sched, seed=seed + 10 * b,
-                 hands=hands[b] if hands else None)
+                 hands=hands[b] if hands else None, stage2_sees_hand=stage2_sees_hand)
         new_hands.append((o.hand_rgb, o.hand_mask) if o.hand_rgb is not None else None)
         for k in ("final", "keypoint_map", "hand_rgb", "hand_mask", "mask", "composite_mask"):
             v = getattr(o, k)
@@ -133,7 +136,7 @@ def figure(pipe: HandTwoStagePipeline, cfg: DictConfig, real: dict[str, Any], sc
     gens = {}
     hands = None
     for blend in FIGURE_BLENDS[1:]:
-        gens[blend], hands = generate(pipe, kp, y, blend, sched, n, cfg.seed, hands)
+        gens[blend], hands = generate(pipe, kp, y, blend, sched, n, cfg.seed, hands, bool(cfg.stage2_sees_hand))
     gens["one_stage"], _ = generate(pipe, kp, y, "one_stage", sched, n, cfg.seed)
     g = gens["expansion"]
     s = g["final"].shape[-1]
@@ -185,8 +188,10 @@ def run_hands(cfg: DictConfig) -> dict[str, Any]:
     blend = str(cfg.blend)
     log.info("ablation %s: %d samples, blend %s, radii %s", cfg.hands_ablation.name, len(real["x"]), blend,
              sched.radii(len(sampler.timesteps(pipe.stage2.schedule))))
-    gen, _ = generate(pipe, real["cond"]["keypoints"], real["y"], blend, sched, int(cfg.batch_size), cfg.seed)
-    values = {"ablation": str(cfg.hands_ablation.name), "blend": blend, "seed": seed,
+    sees = bool(cfg.stage2_sees_hand)
+    gen, _ = generate(pipe, real["cond"]["keypoints"], real["y"], blend, sched, int(cfg.batch_size), cfg.seed,
+                      stage2_sees_hand=sees)
+    values = {"ablation": str(cfg.hands_ablation.name), "blend": blend, "stage2_sees_hand": sees, "seed": seed,
               **hand_metrics(cfg, pipe, gen, real, blend, sched, device)}
     fig = figure(pipe, cfg, real, sched, run_dir / "figure.png")
     values["figure"] = str(fig)

@@ -121,10 +121,12 @@ class HandTwoStagePipeline:
     @torch.no_grad()
     def __call__(self, keypoints: Tensor, y: Tensor | None = None, blend: str = "expansion",
                  expansion: ExpansionSchedule | None = None, seed: int = 0,
-                 hands: tuple[Tensor, Tensor] | None = None) -> HandsOutput:
+                 hands: tuple[Tensor, Tensor] | None = None, stage2_sees_hand: bool = True) -> HandsOutput:
         """Generate frames for normalised keypoints ``(B, 21, 2|3)`` (and digit labels ``y``).
 
         ``hands`` reuses stage-1 outputs ``(rgb, mask)`` (the ablations compare blends on the same hands).
+        ``stage2_sees_hand=False`` gives stage 2 an empty known region (pose and label only, as in the
+        one-stage baseline), so the hand reaches the frame through the blend alone.
         Seeds: stage 1 uses ``seed``, stage 2 ``seed + 1`` (and the hook's noise ``seed + 2``).
         """
         if blend not in BLENDS:
@@ -144,7 +146,10 @@ class HandTwoStagePipeline:
         rgb, mask = hands if hands is not None else self.generate_hands(c["crop_map"], y, gen(0))
         known, hmask, valid = self.place(rgb.to(self.device), mask.to(self.device), c["box"])
         sched = expansion or ExpansionSchedule()
-        cond = self.stage2.frame_conditions(c["frame_map"], known, dilate_mask(hmask, self.stage2.eval_radius) * valid, y)
+        if stage2_sees_hand:
+            cond = self.stage2.frame_conditions(c["frame_map"], known, dilate_mask(hmask, self.stage2.eval_radius) * valid, y)
+        else:
+            cond = self.stage2.frame_conditions(c["frame_map"], None, None, y)
         hook = None
         if blend == "paste":
             composite = hmask

@@ -165,6 +165,10 @@ def test_pipeline_blends_keep_the_hand_and_reject_bad_input(ckpts, data_dir):
     assert torch.allclose(paste.final[hm], paste.known[hm]) and torch.equal(paste.known, exp.known)
     one = pipe(kp, y, "one_stage", seed=0)
     assert one.final.shape == (3, 3, 32, 32) and one.hand_rgb is None
+    # a blind stage 2 (pose + label only) draws the one-stage frame; the paste then adds the hand alone
+    blind = pipe(kp, y, "paste", seed=0, hands=(exp.hand_rgb, exp.hand_mask), stage2_sees_hand=False)
+    assert torch.allclose(blind.final[hm], paste.known[hm]) and not torch.equal(blind.final, paste.final)
+    assert torch.allclose(blind.final[~hm], one.final[~hm])
     bad = kp.clone()
     bad[0, 3] = torch.tensor([-0.5, 0.5])
     with pytest.raises(DataError, match="outside the image"):

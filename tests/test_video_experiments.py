@@ -49,13 +49,19 @@ def test_latte_ucf101_without_data_names_the_folder(make_cfg, capsys, tmp_path):
     assert "UCF-101" in err and "crcv.ucf.edu" in err and "Traceback" not in err
 
 
-def test_framewise_latent_video_through_autoencoder_checkpoint(make_cfg, tmp_path):
+def tiny_autoencoder_ckpt(make_cfg, tmp_path: Path) -> Path:
+    """An untrained small KL autoencoder saved as a kakusan checkpoint (latent scale 0.5)."""
     ae_cfg = make_cfg(["experiment=autoencoder_mnist", "model.autoencoder.base_channels=8"], sub="ae")
     ae_module = hydra.utils.instantiate(ae_cfg.model)
     ae_module.scale_factor.fill_(0.5)
     ckpt = tmp_path / "ae.ckpt"
     torch.save({"state_dict": ae_module.state_dict(),
                 "kakusan": {"config": OmegaConf.to_container(ae_cfg, resolve=True)}}, ckpt)
+    return ckpt
+
+
+def test_framewise_latent_video_through_autoencoder_checkpoint(make_cfg, tmp_path):
+    ckpt = tiny_autoencoder_ckpt(make_cfg, tmp_path)
     cfg = make_cfg(["experiment=video_dit_moving_mnist", f"model.autoencoder_ckpt={ckpt}",
                     "model.sample_shape=[8,4,8,8]", "model.data_shape=[8,1,32,32]", "model.net.patch_size=2",
                     "model.net.hidden_size=32", "model.net.depth=2", "data.image_size=32"], sub="video")
@@ -130,12 +136,7 @@ def test_video_ldm_moving_mnist_composes_latent_ablation(make_cfg):
 def test_video_latent_cache_encodes_training_clips_once(make_cfg, tmp_path):
     from datamodules.base import TensorDictDataset
 
-    ae_cfg = make_cfg(["experiment=autoencoder_mnist", "model.autoencoder.base_channels=8"], sub="ae")
-    ae_module = hydra.utils.instantiate(ae_cfg.model)
-    ae_module.scale_factor.fill_(0.5)
-    ckpt = tmp_path / "ae.ckpt"
-    torch.save({"state_dict": ae_module.state_dict(),
-                "kakusan": {"config": OmegaConf.to_container(ae_cfg, resolve=True)}}, ckpt)
+    ckpt = tiny_autoencoder_ckpt(make_cfg, tmp_path)
     cfg = make_cfg(["experiment=video_ldm_moving_mnist", f"model.autoencoder_ckpt={ckpt}", "model.cache_latents=true",
                     "model.net.hidden_size=32", "model.net.depth=2", "data.num_train=6", "data.num_val=4",
                     "data.batch_size=2"], sub="v")
