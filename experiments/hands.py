@@ -3,9 +3,9 @@
 Samples the whole chain (stage-1 hand + mask, placement, stage-2 outpainting with the chosen blend)
 from the keypoints and labels of real photos, then writes into the run folder:
 
-- ``summary.json``: ``seam_score`` (mean gradient magnitude over one band around the hand mask that
-  holds every blend's cut: from the expansion's start radius to its end radius, and 0) with the real
-  photos' ``seam_real`` over the same band around their own hands, and the ratio; ``mpjpe_px`` (keypoint
+- ``summary.json``: ``seam_score`` (mean gradient magnitude over one band around the hand mask,
+  ``metrics.seam_radii``, that holds every blend's cut) with the real photos' ``seam_real`` over the
+  same band around their own hands, and the ratio; ``mpjpe_px`` (keypoint
   regressor on the generated frames vs the conditioning keypoints, pixels) with the regressor's own
   error on the real photos (``mpjpe_real_px``, the floor); ``fid_inception`` against the real photos
   of the split (few images: compare runs, not papers) and ``fid_handpose`` (Fréchet distance in the
@@ -71,9 +71,15 @@ def generate(pipe: HandTwoStagePipeline, kp: torch.Tensor, y: torch.Tensor, blen
     return {k: torch.cat(v) for k, v in outs.items()}, new_hands
 
 
-def seam_band_radii(sched: ExpansionSchedule) -> tuple[int, int]:
-    """Radii ``(lo, hi)`` around the hand mask covering every cut the blends make (paste cuts at 0)."""
-    return min(sched.r_start, 0), max(sched.r_end, 0)
+def seam_band_radii(cfg: DictConfig, sched: ExpansionSchedule, blend: str) -> tuple[int, int]:
+    """``metrics.seam_radii`` as ``(lo, hi)``: one band for every job of an ablation, so their scores are
+    over the same pixels. It must hold this blend's final cut (paste at 0, the expansion at ``r_end``)."""
+    lo, hi = (int(r) for r in cfg.metrics.seam_radii)
+    cut = sched.r_end if blend in ("expansion", "fixed") else 0
+    if not lo <= cut <= hi:
+        raise UserError(f"metrics.seam_radii={[lo, hi]} does not contain the {blend} blend's cut at radius {cut}; "
+                        f"widen it (the same band for every job keeps their seam scores comparable)")
+    return lo, hi
 
 
 @lru_cache(maxsize=4)
@@ -93,11 +99,10 @@ def hand_metrics(cfg: DictConfig, pipe: HandTwoStagePipeline, gen: dict[str, tor
     out: dict[str, Any] = {"num_samples": int(len(gen["final"]))}
     final, x_real = gen["final"], real["x"]
     real_mask = real["cond"]["mask"]
-    # One band for every blend: all pixels from the hand mask eroded by the expansion's start radius
-    # to the mask dilated by its end radius (and 0 for paste), widened by seam_width. Each blend cuts
-    # somewhere inside it, so paste, fixed and expansion are scored over the same pixels of the same
-    # hands, and the real photos over the same band around their own hand masks.
-    band = seam_band_radii(sched)
+    # One band for every blend (metrics.seam_radii, widened by seam_width): each blend cuts somewhere
+    # inside it, so paste, fixed and expansion are scored over the same pixels of the same hands, and
+    # the real photos over the same band around their own hand masks.
+    band = seam_band_radii(cfg, sched, blend)
     hand = gen.get("mask", real_mask)  # one_stage: the real photo's hand as the place to look
     w = int(cfg.metrics.seam_width)
     out["seam_score"] = float(seam_score(final, hand, w, radii=band))
@@ -186,6 +191,7 @@ def run_hands(cfg: DictConfig) -> dict[str, Any]:
     real = dm.real_batch(int(cfg.num_samples), cfg.split)
     sched = ExpansionSchedule(**cfg.expansion)
     blend = str(cfg.blend)
+    seam_band_radii(cfg, sched, blend)  # a band that misses this blend's cut fails before any sampling
     log.info("ablation %s: %d samples, blend %s, radii %s", cfg.hands_ablation.name, len(real["x"]), blend,
              sched.radii(len(sampler.timesteps(pipe.stage2.schedule))))
     sees = bool(cfg.stage2_sees_hand)

@@ -38,8 +38,10 @@ def test_expansion_schedule_monotone_and_reaches_end():
     assert all(v == 3 for v in r[29:]) and r[28] < 3  # r_end exactly from end_frac (step 30 of 50) on
     g = ExpansionSchedule(r_start=0, r_end=4, start_frac=0.0, end_frac=0.9, growth_per_step=1).radii(20)
     assert g[:5] == [1, 2, 3, 4, 4] and all(a <= b for a, b in zip(g, g[1:]))
-    with pytest.raises(ValueError, match="grow"):
-        ExpansionSchedule(r_start=2, r_end=0)
+    # r_end < r_start: the kept region shrinks (the outpainted region expands into the hand)
+    k = ExpansionSchedule(r_start=2, r_end=-1, start_frac=0.0, end_frac=0.5).radii(12)
+    assert k[0] == 2 and k[5:] == [-1] * 7 and all(a >= b for a, b in zip(k, k[1:]))
+    assert ExpansionSchedule(r_start=2, r_end=-1, growth_per_step=1).radii(10)[:4] == [1, 0, -1, -1]
     with pytest.raises(ValueError, match="start_frac"):
         ExpansionSchedule(start_frac=0.8, end_frac=0.5)
 
@@ -181,24 +183,30 @@ def test_pipeline_blends_keep_the_hand_and_reject_bad_input(ckpts, data_dir):
         pipe.place(exp.hand_rgb, exp.hand_mask[..., :16, :16], pipe.conditions(kp)["box"])
 
 
-def test_hands_entry_ablation_summary_figure_and_table(ckpts, make_cfg):
+def test_hands_entry_ablation_summary_figure_and_table(ckpts, make_cfg, capsys):
     from experiments.hands import run_hands, write_ablation_table
 
     sweep = ckpts["root"] / "sweep"
     reals = []
-    for i, ab in enumerate(("one_stage", "paste", "expansion")):
+    for i, ab in enumerate(("one_stage", "paste", "expansion", "outpaint_expansion")):
         cfg = compose_cfg([f"hands_ablation={ab}", f"stage1_ckpt={ckpts['s1']}", f"stage2_ckpt={ckpts['s2']}",
                            f"pose_ckpt={ckpts['reg']}", "num_samples=4", "batch_size=4", "sampler.steps=3",
                            "sampler.progress=false", "figure.num=2", "metrics.fid_extractor=null"],
                           sweep / str(i), config_name="hands")
         s = run_hands(cfg)
         assert s["status"] == "finished" and s["ablation"] == ab and s["num_samples"] == 4
+        assert (cfg.expansion.r_start, cfg.expansion.r_end) == ((2, -1) if ab == "outpaint_expansion" else (-2, 1))
         assert s["seam_score"] > 0 and s["seam_real"] > 0 and s["mpjpe_px"] > 0 and s["mpjpe_real_px"] > 0
-        assert s["seam_band"] == [-2, 1]  # one band for every blend: expansion's start radius to its end
+        assert s["seam_band"] == [-2, 2]  # metrics.seam_radii: one band for every blend
         reals.append(s["seam_real"])
         assert (sweep / str(i) / "figure.png").is_file()
-    assert reals[0] == reals[1] == reals[2]  # the real photos are scored over the same band for all three
+    assert len(set(reals)) == 1  # the real photos are scored over the same band for every blend
     table = write_ablation_table(sweep)
     rows = table.read_text().strip().splitlines()
-    assert len(rows) == 5 and "one_stage" in rows[2] and "expansion" in rows[4]
+    assert len(rows) == 6 and "one_stage" in rows[2] and "| expansion" in rows[4] and "outpaint" in rows[5]
     assert (sweep / "ablation_table.csv").is_file()
+    narrow = compose_cfg([f"stage1_ckpt={ckpts['s1']}", f"stage2_ckpt={ckpts['s2']}", "num_samples=4",
+                          "metrics.seam_radii=[-1,0]", "metrics.fid_extractor=null"], sweep / "bad", config_name="hands")
+    with pytest.raises(SystemExit) as e:  # the entry point's task wrapper: a one-line error, exit 2
+        run_hands(narrow)
+    assert e.value.code == 2 and "does not contain the expansion blend's cut at radius 1" in capsys.readouterr().err

@@ -49,11 +49,14 @@ class ExpansionSchedule:
 
     Args:
         r_start: radius (pixels; negative erodes the base mask) before expansion starts.
-        r_end: radius once expansion is over.
+        r_end: radius once expansion is over. ``r_end >= r_start``: the kept hand region grows
+            outward (the issue's description). ``r_end < r_start``: it shrinks, i.e. the outpainted
+            region expands into the hand (the wording of Pelykh et al.'s abstract), so the hand's
+            edge is re-drawn by stage 2 in the last steps.
         start_frac, end_frac: fractions of the reverse process (0 = first step, 1 = last) where the
-            growth starts and by which it has reached ``r_end``.
-        growth_per_step: pixels added per reverse step inside the window (``None``: spread
-            ``r_end - r_start`` evenly over the window). The radius never passes ``r_end``.
+            change starts and by which it has reached ``r_end``.
+        growth_per_step: pixels the radius moves per reverse step inside the window (``None``:
+            spread ``|r_end - r_start|`` evenly over the window). The radius never passes ``r_end``.
     """
 
     r_start: int = -2
@@ -65,30 +68,34 @@ class ExpansionSchedule:
     def __post_init__(self) -> None:
         if not 0.0 <= self.start_frac <= self.end_frac <= 1.0:
             raise ValueError(f"need 0 <= start_frac <= end_frac <= 1, got {self.start_frac}, {self.end_frac}")
-        if self.r_end < self.r_start:
-            raise ValueError(f"the mask must grow: r_end ({self.r_end}) < r_start ({self.r_start})")
         if self.growth_per_step is not None and self.growth_per_step <= 0:
             raise ValueError(f"growth_per_step must be > 0, got {self.growth_per_step}")
 
+    @property
+    def shrinks(self) -> bool:
+        """True when the kept region shrinks (the outpainted region expands into the hand)."""
+        return self.r_end < self.r_start
+
     def radii(self, num_steps: int) -> list[int]:
-        """Radius used after each of ``num_steps`` reverse steps (monotone non-decreasing)."""
+        """Radius used after each of ``num_steps`` reverse steps (monotone from ``r_start`` to ``r_end``)."""
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         out = []
         i0 = self.start_frac * num_steps
         i1 = self.end_frac * num_steps
-        span = self.r_end - self.r_start
+        span = abs(self.r_end - self.r_start)
+        sign = -1 if self.shrinks else 1
         for i in range(num_steps):
             done = i + 1  # steps finished when the hook runs
             if done >= i1 or span == 0:
-                r = self.r_end if done >= i1 else self.r_start
+                moved = span if done >= i1 else 0
             elif done <= i0:
-                r = self.r_start
+                moved = 0
             elif self.growth_per_step is not None:
-                r = min(self.r_end, self.r_start + math.floor(self.growth_per_step * (done - i0)))
+                moved = min(span, math.floor(self.growth_per_step * (done - i0)))
             else:
-                r = self.r_start + math.floor(span * (done - i0) / max(i1 - i0, 1e-9))
-            out.append(int(r))
+                moved = math.floor(span * (done - i0) / max(i1 - i0, 1e-9))
+            out.append(int(self.r_start + sign * moved))
         return out
 
 
