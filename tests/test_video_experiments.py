@@ -116,13 +116,20 @@ def test_video_metrics_callback_summary_and_seeded_repeat(make_cfg):
     assert all(again[k] == pytest.approx(summary[k], rel=1e-5) for k in keys)
 
 
-def test_video_metrics_callback_bad_settings():
+def test_video_metrics_callback_bad_settings(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
     from lightning_modules.callbacks.metrics import VideoMetricsCallback
 
     with pytest.raises(UserError, match="num_samples"):
         VideoMetricsCallback(num_samples=1)
     with pytest.raises(UserError, match="FVD extractor"):
         VideoMetricsCallback(fvd_extractor="c3d")
+    # I3D weights missing: a clear error at setup, before any training, naming where it looked
+    monkeypatch.delenv("KAKUSAN_I3D_PATH", raising=False)
+    cb = VideoMetricsCallback(fid_extractor=None, fvd_extractor="i3d", i3d_path=str(tmp_path / "i3d.pt"))
+    with pytest.raises(UserError, match="i3d.pt.*random3d"):
+        cb.setup(None, SimpleNamespace(sample=None), "fit")
 
 
 def test_video_ldm_moving_mnist_composes_latent_ablation(make_cfg):
