@@ -194,7 +194,7 @@ def run_hands(cfg: DictConfig) -> dict[str, Any]:
     seam_band_radii(cfg, sched, blend)  # a band that misses this blend's cut fails before any sampling
     log.info("ablation %s: %d samples, blend %s, radii %s", cfg.hands_ablation.name, len(real["x"]), blend,
              sched.radii(len(sampler.timesteps(pipe.stage2.schedule))))
-    sees = bool(cfg.stage2_sees_hand)
+    sees = bool(cfg.stage2_sees_hand) and blend != "one_stage"  # the one-stage frame never sees a hand
     gen, _ = generate(pipe, real["cond"]["keypoints"], real["y"], blend, sched, int(cfg.batch_size), cfg.seed,
                       stage2_sees_hand=sees)
     values = {"ablation": str(cfg.hands_ablation.name), "blend": blend, "stage2_sees_hand": sees, "seed": seed,
