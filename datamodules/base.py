@@ -1,7 +1,7 @@
 """Shared pieces: a dataset over in-memory arrays and a datamodule with a stratified split."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pytorch_lightning as pl
@@ -74,6 +74,25 @@ class TensorDictDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return {k: v[i] for k, v in self.fields.items()}
+
+
+@torch.no_grad()
+def map_train_inputs(dm: Any, fn: Callable[[Tensor], Tensor], batch_size: int, item_shape: tuple[int, ...],
+                     desc: str = "caching latents") -> bool:
+    """Replace the ``x`` field of ``dm.train_set`` (an in-memory :class:`TensorDictDataset`) by ``fn``
+    applied to batches of ``batch_size`` items: e.g. latents encoded once instead of at every step.
+    Only a set whose items have ``item_shape`` is mapped; for any other (not in memory, or mapped
+    already) nothing changes and the result is False."""
+    from tqdm.auto import tqdm
+
+    fields = dict(getattr(getattr(dm, "train_set", None), "fields", {}))
+    x = fields.get("x")
+    if x is None or tuple(x.shape[1:]) != tuple(item_shape):
+        return False
+    fields["x"] = torch.cat([fn(x[i:i + batch_size]).cpu()
+                             for i in tqdm(range(0, len(x), batch_size), desc=desc, leave=False)])
+    dm.train_set = TensorDictDataset(**fields)
+    return True
 
 
 class SplitLoadersMixin:

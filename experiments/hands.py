@@ -95,14 +95,13 @@ def _inception_real(key: str, real: Any) -> Any:  # keyed by the split; the tens
 
 
 def hand_metrics(cfg: DictConfig, pipe: HandTwoStagePipeline, gen: dict[str, torch.Tensor], real: dict[str, Any],
-                 blend: str, sched: ExpansionSchedule, device: torch.device) -> dict[str, Any]:
+                 band: tuple[int, int], device: torch.device) -> dict[str, Any]:
     out: dict[str, Any] = {"num_samples": int(len(gen["final"]))}
     final, x_real = gen["final"], real["x"]
     real_mask = real["cond"]["mask"]
     # One band for every blend (metrics.seam_radii, widened by seam_width): each blend cuts somewhere
     # inside it, so paste, fixed and expansion are scored over the same pixels of the same hands, and
     # the real photos over the same band around their own hand masks.
-    band = seam_band_radii(cfg, sched, blend)
     hand = gen.get("mask", real_mask)  # one_stage: the real photo's hand as the place to look
     w = int(cfg.metrics.seam_width)
     out["seam_score"] = float(seam_score(final, hand, w, radii=band))
@@ -191,14 +190,14 @@ def run_hands(cfg: DictConfig) -> dict[str, Any]:
     real = dm.real_batch(int(cfg.num_samples), cfg.split)
     sched = ExpansionSchedule(**cfg.expansion)
     blend = str(cfg.blend)
-    seam_band_radii(cfg, sched, blend)  # a band that misses this blend's cut fails before any sampling
+    band = seam_band_radii(cfg, sched, blend)  # a band that misses this blend's cut fails before any sampling
     log.info("ablation %s: %d samples, blend %s, radii %s", cfg.hands_ablation.name, len(real["x"]), blend,
              sched.radii(len(sampler.timesteps(pipe.stage2.schedule))))
     sees = bool(cfg.stage2_sees_hand) and blend != "one_stage"  # the one-stage frame never sees a hand
     gen, _ = generate(pipe, real["cond"]["keypoints"], real["y"], blend, sched, int(cfg.batch_size), cfg.seed,
                       stage2_sees_hand=sees)
     values = {"ablation": str(cfg.hands_ablation.name), "blend": blend, "stage2_sees_hand": sees, "seed": seed,
-              **hand_metrics(cfg, pipe, gen, real, blend, sched, device)}
+              **hand_metrics(cfg, pipe, gen, real, band, device)}
     fig = figure(pipe, cfg, real, sched, run_dir / "figure.png")
     values["figure"] = str(fig)
     if cfg.wandb.enabled:

@@ -146,10 +146,8 @@ class HandTwoStagePipeline:
         rgb, mask = hands if hands is not None else self.generate_hands(c["crop_map"], y, gen(0))
         known, hmask, valid = self.place(rgb.to(self.device), mask.to(self.device), c["box"])
         sched = expansion or ExpansionSchedule()
-        if stage2_sees_hand:
-            cond = self.stage2.frame_conditions(c["frame_map"], known, dilate_mask(hmask, self.stage2.eval_radius) * valid, y)
-        else:
-            cond = self.stage2.frame_conditions(c["frame_map"], None, None, y)
+        region = (known, dilate_mask(hmask, self.stage2.eval_radius) * valid) if stage2_sees_hand else (None, None)
+        cond = self.stage2.frame_conditions(c["frame_map"], *region, y)
         hook = None
         if blend == "paste":
             composite = hmask

@@ -21,7 +21,6 @@ from typing import Any, Sequence
 import hydra
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from kakusan.checkpoint import checkpoint_config, read_checkpoint
 from kakusan.errors import UserError
@@ -215,21 +214,15 @@ class LatentDiffusion(DiffusionModule):
         if self.cache_latents and dm is not None and getattr(dm, "train_set", None) is not None:
             self._cache_training_latents(dm)
 
-    @torch.no_grad()
     def _cache_training_latents(self, dm: Any) -> None:
-        from datamodules.base import TensorDictDataset
+        from datamodules.base import map_train_inputs
 
-        fields = dict(dm.train_set.fields)
-        x = fields["x"]
-        if tuple(x.shape[1:]) != self.data_shape:
-            return  # already cached
-        moments = []
-        for i in tqdm(range(0, len(x), self.cache_batch_size), desc="caching latents", leave=False):
-            post = self.first_stage.encode(x[i:i + self.cache_batch_size].to(self.device))
-            moments.append(torch.cat([post.mean, post.std], 1).cpu())
-        fields["x"] = torch.cat(moments)
-        dm.train_set = TensorDictDataset(**fields)
-        log.info("cached %d training latents", len(x))
+        def moments(x: Tensor) -> Tensor:  # (mean, std) of q(z|x), stacked along channels
+            post = self.first_stage.encode(x.to(self.device))
+            return torch.cat([post.mean, post.std], 1)
+
+        if map_train_inputs(dm, moments, self.cache_batch_size, self.data_shape):
+            log.info("cached %d training latents", len(dm.train_set))
 
     # ----------------------------------------------------------------- hooks
     def _check_ready(self) -> None:

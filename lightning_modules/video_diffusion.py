@@ -122,26 +122,17 @@ class VideoDiffusionModule(DiffusionModule):
         if self.cache_latents and self.autoencoder is not None and getattr(dm, "train_set", None) is not None:
             self._cache_training_latents(dm)
 
-    @torch.no_grad()
     def _cache_training_latents(self, dm: Any) -> None:
-        from tqdm.auto import tqdm
+        from datamodules.base import map_train_inputs
 
-        from datamodules.base import TensorDictDataset
-
-        fields = dict(getattr(dm.train_set, "fields", {}))
-        x = fields.get("x")
-        if x is None or tuple(x.shape[1:]) != tuple(self.data_shape):
-            return  # not an in-memory clip dataset, or already cached
         ae = self.autoencoder.to(self.device)
-        out = []
-        clips = max(1, self.encode_batch_size // x.shape[1])
-        for i in tqdm(range(0, len(x), clips), desc="caching latents", leave=False):
-            def moments(f: Tensor) -> Tensor:
-                post = ae.encode(f)
-                return torch.cat([post.mean, post.std], 1)
-            out.append(self._framewise(moments, x[i:i + clips].to(self.device)).cpu())
-        fields["x"] = torch.cat(out)
-        dm.train_set = TensorDictDataset(**fields)
+
+        def moments(frames: Tensor) -> Tensor:  # (mean, std) of q(z|frame), stacked along channels
+            post = ae.encode(frames)
+            return torch.cat([post.mean, post.std], 1)
+
+        clips = max(1, self.encode_batch_size // self.data_shape[0])  # clips per batch
+        map_train_inputs(dm, lambda x: self._framewise(moments, x.to(self.device)), clips, self.data_shape)
 
     def decode(self, z: Tensor) -> Tensor:
         if self.autoencoder is None:

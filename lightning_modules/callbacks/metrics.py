@@ -69,7 +69,31 @@ def dataset_name(datamodule: Any) -> str:
     return type(datamodule).__name__.removesuffix("DataModule").lower() or "data"
 
 
-class FIDCallback(pl.Callback):
+class ScheduledMetric(pl.Callback):
+    """When a metric callback reports: every ``every_n_epochs`` validation epochs (0: never), at the end
+    of training (``at_end``) and at test (``at_test``), never in a fast_dev_run's training. Subclasses set
+    those three attributes and implement ``_report(trainer, pl_module, use_log)``."""
+
+    every_n_epochs: int = 0
+    at_end: bool = True
+    at_test: bool = True
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not self.every_n_epochs or trainer.fast_dev_run:
+            return
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._report(trainer, pl_module, use_log=True)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.at_end and not trainer.fast_dev_run:
+            self._report(trainer, pl_module, use_log=False)
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.at_test:
+            self._report(trainer, pl_module, use_log=True)
+
+
+class FIDCallback(ScheduledMetric):
     """FID-family numbers of samples every ``every_n_epochs`` epochs, at the end of training and at test.
 
     Args:
@@ -147,24 +171,9 @@ class FIDCallback(pl.Callback):
         self.last = values
         return values
 
-    def _report(self, trainer: pl.Trainer, pl_module: pl.LightningModule, values: dict[str, float],
-                use_log: bool) -> None:
+    def _report(self, trainer: pl.Trainer, pl_module: pl.LightningModule, use_log: bool) -> None:
         extra = {f"{self.prefix}{self.name}_num_samples": self.num_samples}
-        report_metrics(trainer, pl_module, values, use_log, self.output_dir, extra)
-
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not self.every_n_epochs or trainer.fast_dev_run:
-            return
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self._report(trainer, pl_module, self.evaluate(trainer, pl_module), use_log=True)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.at_end and not trainer.fast_dev_run:
-            self._report(trainer, pl_module, self.evaluate(trainer, pl_module), use_log=False)
-
-    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.at_test:
-            self._report(trainer, pl_module, self.evaluate(trainer, pl_module), use_log=True)
+        report_metrics(trainer, pl_module, self.evaluate(trainer, pl_module), use_log, self.output_dir, extra)
 
 
 def _default_prompts(trainer: pl.Trainer, num: int) -> list[str]:
@@ -175,7 +184,7 @@ def _default_prompts(trainer: pl.Trainer, num: int) -> list[str]:
                     "a prompts(num) method")
 
 
-class CLIPScoreCallback(pl.Callback):
+class CLIPScoreCallback(ScheduledMetric):
     """CLIP score (100 * mean max(cos, 0)) of text-conditioned samples against their prompts.
 
     ``model`` is an open_clip architecture name and ``pretrained`` a local checkpoint file / folder or an
@@ -228,22 +237,9 @@ class CLIPScoreCallback(pl.Callback):
         report_metrics(trainer, pl_module, self.evaluate(trainer, pl_module), use_log, self.output_dir,
                        {f"{self.prefix}clip_score_num_samples": self.num_samples})
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not self.every_n_epochs or trainer.fast_dev_run:
-            return
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self._report(trainer, pl_module, use_log=True)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.at_end and not trainer.fast_dev_run:
-            self._report(trainer, pl_module, use_log=False)
-
-    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.at_test:
-            self._report(trainer, pl_module, use_log=True)
 
 
-class VideoMetricsCallback(pl.Callback):
+class VideoMetricsCallback(ScheduledMetric):
     """Video numbers of EMA samples against real clips, at the end of training and at test.
 
     Logs (see :mod:`lightning_modules.metrics.video`) ``video/frame_fid_<fid_extractor>`` (every frame
@@ -303,23 +299,9 @@ class VideoMetricsCallback(pl.Callback):
         self.last = video_metrics(fake, real, self.fid_extractor, self.fvd_extractor, self.i3d_path, self.cache_dir)
         return self.last
 
-    def _report(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _report(self, trainer: pl.Trainer, pl_module: pl.LightningModule, use_log: bool) -> None:
         if not trainer.is_global_zero:
             return  # sampling is rank 0's alone; the numbers go to rank 0's loggers and summary
-        values = self.evaluate(trainer, pl_module)
-        report_metrics(trainer, pl_module, values, False, self.output_dir,
+        # log_metrics, not pl_module.log: only rank 0 has the numbers, and self.log would wait for the others
+        report_metrics(trainer, pl_module, self.evaluate(trainer, pl_module), False, self.output_dir,
                        {"video/num_samples": self.num_samples})
-
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not self.every_n_epochs or trainer.fast_dev_run:
-            return
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self._report(trainer, pl_module)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.at_end and not trainer.fast_dev_run:
-            self._report(trainer, pl_module)
-
-    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.at_test:
-            self._report(trainer, pl_module)
