@@ -55,14 +55,14 @@ def _device(name: str) -> torch.device:
 
 
 def generate(pipe: HandTwoStagePipeline, kp: torch.Tensor, y: torch.Tensor, blend: str, sched: ExpansionSchedule,
-             batch_size: int, seed: int, hands: list | None = None, stage2_sees_hand: bool = True
-             ) -> tuple[dict[str, torch.Tensor], list]:
+             batch_size: int, seed: int, hands: list | None = None, stage2_sees_hand: bool = True,
+             paste_radius: int = 0) -> tuple[dict[str, torch.Tensor], list]:
     """Run the pipeline in batches (batch ``b`` uses seed ``seed + 10 b``); returns stacked outputs and the hands."""
     outs: dict[str, list[torch.Tensor]] = {}
     new_hands = []
     for b, s in enumerate(range(0, len(kp), batch_size)):
         o = pipe(kp[s:s + batch_size], y[s:s + batch_size], blend, sched, seed=seed + 10 * b,
-                 hands=hands[b] if hands else None, stage2_sees_hand=stage2_sees_hand)
+                 hands=hands[b] if hands else None, stage2_sees_hand=stage2_sees_hand, paste_radius=paste_radius)
         new_hands.append((o.hand_rgb, o.hand_mask) if o.hand_rgb is not None else None)
         for k in ("final", "keypoint_map", "hand_rgb", "hand_mask", "mask", "composite_mask"):
             v = getattr(o, k)
@@ -73,9 +73,10 @@ def generate(pipe: HandTwoStagePipeline, kp: torch.Tensor, y: torch.Tensor, blen
 
 def seam_band_radii(cfg: DictConfig, sched: ExpansionSchedule, blend: str) -> tuple[int, int]:
     """``metrics.seam_radii`` as ``(lo, hi)``: one band for every job of an ablation, so their scores are
-    over the same pixels. It must hold this blend's final cut (paste at 0, the expansion at ``r_end``)."""
+    over the same pixels. It must hold this blend's final cut (paste at ``paste_radius``, the expansion at
+    ``r_end``)."""
     lo, hi = (int(r) for r in cfg.metrics.seam_radii)
-    cut = sched.r_end if blend in ("expansion", "fixed") else 0
+    cut = sched.r_end if blend in ("expansion", "fixed") else int(cfg.paste_radius) if blend == "paste" else 0
     if not lo <= cut <= hi:
         raise UserError(f"metrics.seam_radii={[lo, hi]} does not contain the {blend} blend's cut at radius {cut}; "
                         f"widen it (the same band for every job keeps their seam scores comparable)")
@@ -140,7 +141,8 @@ def figure(pipe: HandTwoStagePipeline, cfg: DictConfig, real: dict[str, Any], sc
     gens = {}
     hands = None
     for blend in FIGURE_BLENDS[1:]:
-        gens[blend], hands = generate(pipe, kp, y, blend, sched, n, cfg.seed, hands, bool(cfg.stage2_sees_hand))
+        gens[blend], hands = generate(pipe, kp, y, blend, sched, n, cfg.seed, hands, bool(cfg.stage2_sees_hand),
+                                      int(cfg.paste_radius))
     gens["one_stage"], _ = generate(pipe, kp, y, "one_stage", sched, n, cfg.seed)
     g = gens["expansion"]
     s = g["final"].shape[-1]
@@ -195,7 +197,7 @@ def run_hands(cfg: DictConfig) -> dict[str, Any]:
              sched.radii(len(sampler.timesteps(pipe.stage2.schedule))))
     sees = bool(cfg.stage2_sees_hand) and blend != "one_stage"  # the one-stage frame never sees a hand
     gen, _ = generate(pipe, real["cond"]["keypoints"], real["y"], blend, sched, int(cfg.batch_size), cfg.seed,
-                      stage2_sees_hand=sees)
+                      stage2_sees_hand=sees, paste_radius=int(cfg.paste_radius))
     values = {"ablation": str(cfg.hands_ablation.name), "blend": blend, "stage2_sees_hand": sees, "seed": seed,
               **hand_metrics(cfg, pipe, gen, real, band, device)}
     fig = figure(pipe, cfg, real, sched, run_dir / "figure.png")

@@ -9,7 +9,8 @@
      (:class:`~lightning_modules.diffusion.mask_expansion.ExpansionSchedule`), the paper's
      sequential mask expansion;
    - ``fixed``: the same with a fixed mask (radius ``r_end`` throughout);
-   - ``paste``: no replacement while sampling; the hand is pasted into the final sample (one shot);
+   - ``paste``: no replacement while sampling; the hand is pasted into the final sample (one shot),
+     under its mask dilated by ``paste_radius`` pixels (0: the mask itself);
    - ``one_stage``: no stage-1 hand at all: the frame from pose alone (stage 2 with an empty known
      region, or a dedicated one-stage model).
 """
@@ -121,12 +122,14 @@ class HandTwoStagePipeline:
     @torch.no_grad()
     def __call__(self, keypoints: Tensor, y: Tensor | None = None, blend: str = "expansion",
                  expansion: ExpansionSchedule | None = None, seed: int = 0,
-                 hands: tuple[Tensor, Tensor] | None = None, stage2_sees_hand: bool = True) -> HandsOutput:
+                 hands: tuple[Tensor, Tensor] | None = None, stage2_sees_hand: bool = True,
+                 paste_radius: int = 0) -> HandsOutput:
         """Generate frames for normalised keypoints ``(B, 21, 2|3)`` (and digit labels ``y``).
 
         ``hands`` reuses stage-1 outputs ``(rgb, mask)`` (the ablations compare blends on the same hands).
         ``stage2_sees_hand=False`` gives stage 2 an empty known region (pose and label only, as in the
         one-stage baseline), so the hand reaches the frame through the blend alone.
+        ``paste_radius``: the ``paste`` blend's cut, in pixels from the hand mask (negative erodes).
         Seeds: stage 1 uses ``seed``, stage 2 ``seed + 1`` (and the hook's noise ``seed + 2``).
         """
         if blend not in BLENDS:
@@ -150,7 +153,7 @@ class HandTwoStagePipeline:
         cond = self.stage2.frame_conditions(c["frame_map"], *region, y)
         hook = None
         if blend == "paste":
-            composite = hmask
+            composite = dilate_mask(hmask, paste_radius) * valid
         else:
             sampler = self.sampler or self.stage2.sampler
             steps = len(sampler.timesteps(self.stage2.schedule))
@@ -159,7 +162,7 @@ class HandTwoStagePipeline:
             composite = hook.mask(steps - 1)
         final = self.stage2.sample(b, cond=cond, sampler=self.sampler, generator=gen(1), step_hook=hook)
         if blend == "paste":
-            final = hmask * known + (1 - hmask) * final
+            final = composite * known + (1 - composite) * final
         return HandsOutput(final=final.clamp(-1, 1), keypoint_map=c["frame_map"], hand_rgb=rgb, hand_mask=mask,
                            known=known, mask=hmask, composite_mask=composite,
                            extras={"radii": hook.radii if hook else None})

@@ -165,6 +165,12 @@ def test_pipeline_blends_keep_the_hand_and_reject_bad_input(ckpts, data_dir):
     paste = pipe(kp, y, "paste", seed=0, hands=(exp.hand_rgb, exp.hand_mask))
     hm = paste.mask.bool().expand_as(paste.final)
     assert torch.allclose(paste.final[hm], paste.known[hm]) and torch.equal(paste.known, exp.known)
+    # paste_radius moves the cut: the hand mask dilated by 2 pixels (inside the crop) is the stage-1 image
+    wide = pipe(kp, y, "paste", seed=0, hands=(exp.hand_rgb, exp.hand_mask), paste_radius=2)
+    ring = (wide.composite_mask.bool() & ~paste.mask.bool()).expand_as(wide.final)
+    assert ring.any() and torch.allclose(wide.final[ring], wide.known[ring])
+    assert torch.equal(wide.final[~wide.composite_mask.bool().expand_as(wide.final)],
+                       paste.final[~wide.composite_mask.bool().expand_as(paste.final)])
     one = pipe(kp, y, "one_stage", seed=0)
     assert one.final.shape == (3, 3, 32, 32) and one.hand_rgb is None
     # a blind stage 2 (pose + label only) draws the one-stage frame; the paste then adds the hand alone

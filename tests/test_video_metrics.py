@@ -8,7 +8,8 @@ from datamodules.moving_mnist import MovingMNISTDataModule
 from kakusan.errors import UserError
 from lightning_modules.callbacks.video_logger import save_video_samples, wandb_video
 from lightning_modules.metrics.video import (FrechetVideoDistance, RandomConv3dExtractor, compute_fvd,
-                                             frechet_distance, resolve_i3d_path, temporal_change, video_metrics)
+                                             center_digits, digit_consistency, frechet_distance, resolve_i3d_path, temporal_change,
+                                             video_metrics)
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +60,32 @@ def test_frame_fid_with_digits_features(clips):
     same = video_metrics(train, train, fid_extractor="digits", fvd_extractor=None)
     assert same["video/frame_fid_digits"] == pytest.approx(0.0, abs=1e-3)
     assert out["video/frame_fid_digits"] > same["video/frame_fid_digits"]
+
+
+def test_digit_consistency_drops_when_digits_change_between_frames():
+    real = MovingMNISTDataModule(num_train=8, num_val=64, frames=8, image_size=32, digit_size=20,
+                                 batch_size=8).real_samples(64, "val")
+    same = digit_consistency(real)
+    assert same.shape == (64,) and float(same.mean()) > 0.9  # one digit per clip: the classifier agrees
+    # frame t of clip i taken from clip i + t: the place moves smoothly-ish, the digit changes every frame
+    idx = (torch.arange(64)[:, None] + torch.arange(8)[None, :]) % 64
+    morph = real[idx, torch.arange(8)[None, :]]
+    assert float(digit_consistency(morph).mean()) < float(same.mean()) - 0.3
+    out = video_metrics(morph, real, fid_extractor="digits", fvd_extractor=None)
+    assert out["video/digit_consistency_real"] == pytest.approx(float(same.mean()))
+    assert out["video/digit_consistency_fake"] == pytest.approx(float(digit_consistency(morph).mean()))
+    with pytest.raises(ValueError, match="single-channel"):
+        digit_consistency(real.repeat(1, 1, 3, 1, 1))
+
+
+def test_center_digits_moves_the_ink_to_the_middle():
+    frame = torch.full((2, 1, 32, 32), -1.0)
+    frame[0, 0, 2:6, 24:30] = 1.0  # a blob in the top-right corner
+    centred = center_digits(frame)
+    ys, xs = torch.nonzero(centred[0, 0] > 0, as_tuple=True)
+    assert centred[0].gt(0).sum() == frame[0].gt(0).sum()  # shifted, not cut
+    assert abs(ys.float().mean() - 15.5) <= 0.5 and abs(xs.float().mean() - 15.5) <= 0.5
+    assert torch.equal(centred[1], frame[1])  # a blank frame stays blank
 
 
 def test_i3d_missing_is_a_user_error(tmp_path):

@@ -5,6 +5,9 @@
 - **Temporal consistency**: mean absolute frame-to-frame change ``mean |x_{t+1} - x_t|`` in
   [0, 1] pixel units, for generated and real clips; their gap says whether samples flicker
   (too high) or freeze (too low). It is cheap and needs no weights, but it is not a quality score.
+- **Digit consistency** (Moving MNIST): the fraction of a clip's frames the MNIST classifier gives
+  the clip's most frequent label; it falls when a digit changes shape as it moves, which neither
+  frame FID (frames judged alone) nor the frame-to-frame change (amount of motion) can see.
 - **FVD** (Unterthiner et al. 2018): Fréchet distance between Gaussians fitted to video features.
   The feature extractor is pluggable: ``i3d`` loads a TorchScript I3D (the file StyleGAN-V
   distributes, ``i3d_torchscript.pt``) from a local path only; ``random3d`` is a fixed random
@@ -171,6 +174,48 @@ def temporal_change(clips: Tensor) -> Tensor:
     return (clips[:, 1:] - clips[:, :-1]).abs().float().mean(dim=(1, 2, 3, 4)) / 2.0
 
 
+def center_digits(frames: Tensor) -> Tensor:
+    """Shift each frame ``(M, 1, H, W)`` in [-1, 1] by whole pixels so that its ink's centre of mass is at
+    the centre (MNIST's own preprocessing), padding with background; blank frames are left as they are."""
+    m, _, h, w = frames.shape
+    ink = (frames.float() + 1).clamp(min=0) / 2
+    mass = ink.sum((1, 2, 3)).clamp(min=1e-6)
+    ys, xs = torch.arange(h, dtype=ink.dtype), torch.arange(w, dtype=ink.dtype)
+    cy = (ink.sum((1, 3)) * ys).sum(-1) / mass
+    cx = (ink.sum((1, 2)) * xs).sum(-1) / mass
+    dy = ((h - 1) / 2 - cy).round().long().clamp(-h + 1, h - 1)
+    dx = ((w - 1) / 2 - cx).round().long().clamp(-w + 1, w - 1)
+    padded = F.pad(frames.float(), (w, w, h, h), value=-1.0)
+    out = torch.empty_like(frames, dtype=torch.float32)
+    for i in range(m):
+        y0, x0 = h - int(dy[i]), w - int(dx[i])
+        out[i] = padded[i, :, y0:y0 + h, x0:x0 + w]
+    return out
+
+
+def digit_consistency(clips: Tensor, batch_size: int = 512) -> Tensor:
+    """Per-clip identity consistency of a moving digit: ``(N,)`` in [1/T, 1].
+
+    The MNIST classifier labels every frame (resized to 32x32 like ``frame_fid``, then centred by its
+    centre of mass, since the classifier knows centred digits only); the score is the
+    fraction of a clip's frames that carry its most frequent label. A digit that keeps its shape
+    while it moves scores 1; one that morphs into other digits scores less. Meant for one-digit
+    clips (Moving MNIST with ``num_digits=1``); report it next to the real clips' value, which is
+    the classifier's own floor.
+    """
+    from .digits_classifier import predict_digits
+
+    if clips.ndim != 5 or clips.shape[2] != 1:
+        raise ValueError(f"digit_consistency needs single-channel clips (N, T, 1, H, W), got {tuple(clips.shape)}")
+    n, t = clips.shape[:2]
+    frames = clips.flatten(0, 1).float()
+    if tuple(frames.shape[-2:]) not in ((28, 28), (32, 32)):
+        frames = F.interpolate(frames, size=(32, 32), mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
+    labels = predict_digits(center_digits(frames), batch_size).reshape(n, t)
+    counts = F.one_hot(labels, 10).sum(1)  # (N, 10) frames per label
+    return counts.amax(1).float() / t
+
+
 def frame_fid(fake: Tensor, real: Tensor, extractor: str = "digits", batch_size: int = 256, device=None) -> float:
     """FID between all frames of ``fake`` and of ``real`` clips ``(N, T, C, H, W)``.
 
@@ -195,6 +240,9 @@ def video_metrics(fake: Tensor, real: Tensor, fid_extractor: str | None = "digit
            "video/temporal_change_gap": abs(tc_fake - tc_real)}
     if fid_extractor:
         out[f"video/frame_fid_{fid_extractor}"] = frame_fid(fake, real, fid_extractor)
+    if fid_extractor == "digits":  # the frames are digits: does each clip keep its digit?
+        out["video/digit_consistency_fake"] = digit_consistency(fake).mean().item()
+        out["video/digit_consistency_real"] = digit_consistency(real).mean().item()
     if fvd_extractor is not None:
         name = fvd_extractor if isinstance(fvd_extractor, str) else "custom"
         out[f"video/fvd_{name}"] = compute_fvd(fake, real, fvd_extractor, i3d_path=i3d_path, cache_dir=cache_dir)
