@@ -76,7 +76,9 @@ def seam_band_radii(cfg: DictConfig, sched: ExpansionSchedule, blend: str) -> tu
     over the same pixels. It must hold this blend's final cut (paste at ``paste_radius``, the expansion at
     ``r_end``)."""
     lo, hi = (int(r) for r in cfg.metrics.seam_radii)
-    cut = sched.r_end if blend in ("expansion", "fixed") else int(cfg.paste_radius) if blend == "paste" else 0
+    if blend == "one_stage":
+        return lo, hi  # no cut: the band only says where to look, around the real photo's hand
+    cut = sched.r_end if blend in ("expansion", "fixed") else int(cfg.paste_radius)
     if not lo <= cut <= hi:
         raise UserError(f"metrics.seam_radii={[lo, hi]} does not contain the {blend} blend's cut at radius {cut}; "
                         f"widen it (the same band for every job keeps their seam scores comparable)")
@@ -193,8 +195,9 @@ def run_hands(cfg: DictConfig) -> dict[str, Any]:
     sched = ExpansionSchedule(**cfg.expansion)
     blend = str(cfg.blend)
     band = seam_band_radii(cfg, sched, blend)  # a band that misses this blend's cut fails before any sampling
-    log.info("ablation %s: %d samples, blend %s, radii %s", cfg.hands_ablation.name, len(real["x"]), blend,
-             sched.radii(len(sampler.timesteps(pipe.stage2.schedule))))
+    steps = len(sampler.timesteps(pipe.stage2.schedule))
+    cut = {"expansion": sched.radii(steps), "fixed": sched.r_end, "paste": int(cfg.paste_radius)}.get(blend, "none")
+    log.info("ablation %s: %d samples, blend %s, mask radius %s", cfg.hands_ablation.name, len(real["x"]), blend, cut)
     sees = bool(cfg.stage2_sees_hand) and blend != "one_stage"  # the one-stage frame never sees a hand
     gen, _ = generate(pipe, real["cond"]["keypoints"], real["y"], blend, sched, int(cfg.batch_size), cfg.seed,
                       stage2_sees_hand=sees, paste_radius=int(cfg.paste_radius))

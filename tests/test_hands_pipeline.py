@@ -201,9 +201,9 @@ def test_hands_entry_ablation_summary_figure_and_table(ckpts, make_cfg, capsys):
                           sweep / str(i), config_name="hands")
         s = run_hands(cfg)
         assert s["status"] == "finished" and s["ablation"] == ab and s["num_samples"] == 4
-        assert (cfg.expansion.r_start, cfg.expansion.r_end) == ((2, -1) if ab == "outpaint_expansion" else (-2, 1))
+        assert (cfg.expansion.r_start, cfg.expansion.r_end) == ((5, 2) if ab == "outpaint_expansion" else (-2, 2))
         assert s["seam_score"] > 0 and s["seam_real"] > 0 and s["mpjpe_px"] > 0 and s["mpjpe_real_px"] > 0
-        assert s["seam_band"] == [-2, 2]  # metrics.seam_radii: one band for every blend
+        assert s["seam_band"] == [2, 2]  # metrics.seam_radii: one band for every blend, at their common cut
         reals.append(s["seam_real"])
         assert (sweep / str(i) / "figure.png").is_file()
     assert len(set(reals)) == 1  # the real photos are scored over the same band for every blend
@@ -212,7 +212,7 @@ def test_hands_entry_ablation_summary_figure_and_table(ckpts, make_cfg, capsys):
     assert len(rows) == 6 and "one_stage" in rows[2] and "| expansion" in rows[4] and "outpaint" in rows[5]
     assert (sweep / "ablation_table.csv").is_file()
     narrow = compose_cfg([f"stage1_ckpt={ckpts['s1']}", f"stage2_ckpt={ckpts['s2']}", "num_samples=4",
-                          "metrics.seam_radii=[-1,0]", "metrics.fid_extractor=null"], sweep / "bad", config_name="hands")
+                          "metrics.seam_radii=[-1,1]", "metrics.fid_extractor=null"], sweep / "bad", config_name="hands")
     with pytest.raises(SystemExit) as e:  # the entry point's task wrapper: a one-line error, exit 2
         run_hands(narrow)
-    assert e.value.code == 2 and "does not contain the expansion blend's cut at radius 1" in capsys.readouterr().err
+    assert e.value.code == 2 and "does not contain the expansion blend's cut at radius 2" in capsys.readouterr().err
