@@ -5,9 +5,13 @@ images in [-1, 1]) over a band around the boundary of each mask: pixels within `
 the mask's edge on either side, or, with ``radii=(lo, hi)``, every pixel between the mask eroded by
 ``width - lo`` and dilated by ``hi + width`` (the whole zone where blends with different radii can
 leave their cut). A composite with a visible seam (colour jump, misaligned content) has a higher
-score than a real photo over the same band around its own hand, which still has the natural
-skin/background edge; report generated scores next to the real reference (and their ratio), and
-compare blends over the same band.
+score than a real photo over the same band around its own hand; report generated scores next to
+the real reference (and their ratio), and compare blends over the same band.
+
+Where the cut lies matters. Along the hand's own outline (radius 0) a real photo has its sharpest
+edge, skin against background, and a seam there hides behind it: every blend then scores like a
+real photo. A cut a few pixels outside the hand (``experiments.hands`` cuts at radius 2) runs
+through background, where a real photo is smooth, so whatever edge a blend leaves there is seam.
 """
 from __future__ import annotations
 
