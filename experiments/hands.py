@@ -71,15 +71,21 @@ def generate(pipe: HandTwoStagePipeline, kp: torch.Tensor, y: torch.Tensor, blen
     return {k: torch.cat(v) for k, v in outs.items()}, new_hands
 
 
+def final_cut(cfg: DictConfig, sched: ExpansionSchedule, blend: str) -> int | None:
+    """Radius of the blend's last mask around the hand: ``paste_radius`` for paste, ``r_end`` for the
+    expansion and the fixed mask; None for one stage, which has no cut."""
+    if blend == "one_stage":
+        return None
+    return sched.r_end if blend in ("expansion", "fixed") else int(cfg.paste_radius)
+
+
 def seam_band_radii(cfg: DictConfig, sched: ExpansionSchedule, blend: str) -> tuple[int, int]:
     """``metrics.seam_radii`` as ``(lo, hi)``: one band for every job of an ablation, so their scores are
-    over the same pixels. It must hold this blend's final cut (paste at ``paste_radius``, the expansion at
-    ``r_end``)."""
+    over the same pixels. It must hold this blend's :func:`final_cut` (one stage has none: the band only
+    says where to look, around the real photo's hand)."""
     lo, hi = (int(r) for r in cfg.metrics.seam_radii)
-    if blend == "one_stage":
-        return lo, hi  # no cut: the band only says where to look, around the real photo's hand
-    cut = sched.r_end if blend in ("expansion", "fixed") else int(cfg.paste_radius)
-    if not lo <= cut <= hi:
+    cut = final_cut(cfg, sched, blend)
+    if cut is not None and not lo <= cut <= hi:
         raise UserError(f"metrics.seam_radii={[lo, hi]} does not contain the {blend} blend's cut at radius {cut}; "
                         f"widen it (the same band for every job keeps their seam scores comparable)")
     return lo, hi
@@ -195,9 +201,8 @@ def run_hands(cfg: DictConfig) -> dict[str, Any]:
     sched = ExpansionSchedule(**cfg.expansion)
     blend = str(cfg.blend)
     band = seam_band_radii(cfg, sched, blend)  # a band that misses this blend's cut fails before any sampling
-    steps = len(sampler.timesteps(pipe.stage2.schedule))
-    cut = {"expansion": sched.radii(steps), "fixed": sched.r_end, "paste": int(cfg.paste_radius)}.get(blend, "none")
-    log.info("ablation %s: %d samples, blend %s, mask radius %s", cfg.hands_ablation.name, len(real["x"]), blend, cut)
+    log.info("ablation %s: %d samples, blend %s, final cut at radius %s", cfg.hands_ablation.name, len(real["x"]),
+             blend, final_cut(cfg, sched, blend))
     sees = bool(cfg.stage2_sees_hand) and blend != "one_stage"  # the one-stage frame never sees a hand
     gen, _ = generate(pipe, real["cond"]["keypoints"], real["y"], blend, sched, int(cfg.batch_size), cfg.seed,
                       stage2_sees_hand=sees, paste_radius=int(cfg.paste_radius))

@@ -185,12 +185,18 @@ def center_digits(frames: Tensor) -> Tensor:
     cx = (ink.sum((1, 2)) * xs).sum(-1) / mass
     dy = ((h - 1) / 2 - cy).round().long().clamp(-h + 1, h - 1)
     dx = ((w - 1) / 2 - cx).round().long().clamp(-w + 1, w - 1)
-    padded = F.pad(frames.float(), (w, w, h, h), value=-1.0)
-    out = torch.empty_like(frames, dtype=torch.float32)
-    for i in range(m):
-        y0, x0 = h - int(dy[i]), w - int(dx[i])
-        out[i] = padded[i, :, y0:y0 + h, x0:x0 + w]
-    return out
+    padded = F.pad(frames.float(), (w, w, h, h), value=-1.0)[:, 0]  # (M, 3H, 3W)
+    rows = (h - dy)[:, None] + torch.arange(h)  # (M, H): each frame's window into its padded copy
+    cols = (w - dx)[:, None] + torch.arange(w)
+    return padded[torch.arange(m)[:, None, None], rows[:, :, None], cols[:, None, :]][:, None]
+
+
+def _digit_sized(frames: Tensor) -> Tensor:
+    """Frames ``(M, C, H, W)`` as the digits classifier takes them: 28x28 or 32x32 as they are, any other
+    size resized bilinearly to 32x32."""
+    if tuple(frames.shape[-2:]) in ((28, 28), (32, 32)):
+        return frames
+    return F.interpolate(frames, size=(32, 32), mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
 
 
 def digit_consistency(clips: Tensor, batch_size: int = 512) -> Tensor:
@@ -208,9 +214,7 @@ def digit_consistency(clips: Tensor, batch_size: int = 512) -> Tensor:
     if clips.ndim != 5 or clips.shape[2] != 1:
         raise ValueError(f"digit_consistency needs single-channel clips (N, T, 1, H, W), got {tuple(clips.shape)}")
     n, t = clips.shape[:2]
-    frames = clips.flatten(0, 1).float()
-    if tuple(frames.shape[-2:]) not in ((28, 28), (32, 32)):
-        frames = F.interpolate(frames, size=(32, 32), mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
+    frames = _digit_sized(clips.flatten(0, 1).float())
     labels = predict_digits(center_digits(frames), batch_size).reshape(n, t)
     counts = F.one_hot(labels, 10).sum(1)  # (N, 10) frames per label
     return counts.amax(1).float() / t
@@ -225,9 +229,8 @@ def frame_fid(fake: Tensor, real: Tensor, extractor: str = "digits", batch_size:
     from .fid import compute_fid  # the image-metrics module (clean-fid protocol / digits features)
 
     f, r = fake.flatten(0, 1).float(), real.flatten(0, 1).float()
-    if extractor == "digits" and tuple(f.shape[-2:]) not in ((28, 28), (32, 32)):
-        f, r = (F.interpolate(z, size=(32, 32), mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
-                for z in (f, r))
+    if extractor == "digits":
+        f, r = _digit_sized(f), _digit_sized(r)
     return compute_fid(f, r, extractor=extractor, batch_size=batch_size, device=device)
 
 
