@@ -150,10 +150,20 @@ class DiffusionModule(pl.LightningModule):
         finally:
             self._use_ema = previous
 
+    def draw_noise(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
+                   device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Tensor:
+        """The diffusion noise: standard normal here; video modules may correlate frames (noise prior)."""
+        return torch.randn(shape, device=device, generator=generator, dtype=dtype)
+
+    @property
+    def sampling_noise_fn(self) -> Any:
+        """``noise_fn`` for :meth:`Sampler.sample`: None draws ``torch.randn`` (see ``draw_noise``)."""
+        return None
+
     def diffusion_loss(self, x0: Tensor, cond: dict[str, Any], generator: torch.Generator | None = None) -> Tensor:
         b = x0.shape[0]
         t = torch.randint(0, self.schedule.num_timesteps, (b,), device=x0.device, generator=generator)
-        noise = torch.randn(x0.shape, device=x0.device, generator=generator, dtype=x0.dtype)
+        noise = self.draw_noise(tuple(x0.shape), generator, x0.device, x0.dtype)
         xt = self._memory_format(self.schedule.q_sample(x0, t, noise))
         pred = self.denoiser(xt, t, **cond)
         target = training_target(self.prediction_type, self.schedule, x0, noise, t)
@@ -265,7 +275,7 @@ class DiffusionModule(pl.LightningModule):
             with self.ema_scope(use_ema and self.ema is not None):
                 z = sampler.sample(self.model_fn(cond, guidance_scale), self.schedule, (num, *self.sample_shape),
                                    self.prediction_type, generator=generator, device=self.device, x_T=x_T,
-                                   step_hook=step_hook)
+                                   step_hook=step_hook, noise_fn=self.sampling_noise_fn)
             return self.decode(z)
         finally:
             self.train(was_training)

@@ -13,6 +13,10 @@ classifier-free guidance) is shared with image diffusion. Two additions:
   training batch is treated as independent images (the net skips temporal attention and the
   temporal position embedding: ``independent_frames=True``). Under DDP this leaves the temporal
   blocks without gradients in such steps: use ``strategy=ddp_find_unused_parameters_true``.
+- **Frame-correlated noise prior** (PYoCo, Ge et al. 2023): ``noise_prior`` = ``mixed`` or
+  ``progressive`` draws the diffusion noise with frames correlated by ``noise_prior_alpha``, both
+  in training and in sampling (see ``diffusion.noise_prior``); ``independent`` is the usual prior.
+  A model must be sampled with the prior it was trained with; the checkpoint keeps it.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from torch import Tensor, nn
 
 from kakusan.errors import UserError
 
+from .diffusion.noise_prior import check_noise_prior, correlated_noise, noise_fn
 from .diffusion_module import DiffusionModule
 
 
@@ -57,13 +62,22 @@ class VideoDiffusionModule(DiffusionModule):
         image_batch_prob: fraction of training batches trained as independent images.
         encode_batch_size: frames per autoencoder call (bounds memory).
         cache_latents: encode the training clips once at the start of training (latent models).
+        noise_prior: ``independent`` | ``mixed`` | ``progressive`` (frame-correlated noise, PYoCo).
+        noise_prior_alpha: the prior's ``alpha`` (``mixed``: frames correlate by a^2/(1+a^2);
+            ``progressive``: neighbouring frames by a/sqrt(1+a^2)).
         other arguments: as :class:`DiffusionModule`.
     """
 
     def __init__(self, *args: Any, autoencoder_ckpt: str | None = None, latent_scale: float | None = None,
                  data_shape: list[int] | None = None, image_batch_prob: float = 0.0,
-                 encode_batch_size: int = 64, cache_latents: bool = False, **kwargs: Any) -> None:
+                 encode_batch_size: int = 64, cache_latents: bool = False, noise_prior: str = "independent",
+                 noise_prior_alpha: float = 1.0, **kwargs: Any) -> None:
+        try:
+            check_noise_prior(noise_prior, float(noise_prior_alpha))
+        except ValueError as err:
+            raise UserError(f"model.noise_prior: {err}") from None
         super().__init__(*args, **kwargs)
+        self.noise_prior, self.noise_prior_alpha = noise_prior, float(noise_prior_alpha)
         if self.sample_shape is not None and len(self.sample_shape) != 4:
             raise UserError(f"a video model's sample_shape is (T, C, H, W); got {list(self.sample_shape)}")
         if not 0.0 <= image_batch_prob <= 1.0:
@@ -97,6 +111,17 @@ class VideoDiffusionModule(DiffusionModule):
         self.autoencoder  # noqa: B018 - a missing checkpoint fails here, before the first step
 
     # ----------------------------------------------------------------- hooks
+    def draw_noise(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
+                   device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Tensor:
+        """Noise for clips ``(B, T, ...)``, correlated along time by the configured prior."""
+        return correlated_noise(shape, self.noise_prior, self.noise_prior_alpha, 1, generator, device, dtype)
+
+    @property
+    def sampling_noise_fn(self) -> Any:
+        if self.noise_prior == "independent":
+            return None  # plain torch.randn: the same draws as before the prior existed
+        return noise_fn(self.noise_prior, self.noise_prior_alpha, frame_dim=1)
+
     def _framewise(self, fn, x: Tensor) -> Tensor:
         b, t = x.shape[:2]
         frames = x.flatten(0, 1)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..noise_prior import NoiseFn
 from ..parameterization import check_prediction_type, to_x0_eps
 from ..schedule import NoiseSchedule
 from ..timesteps import make_timesteps
@@ -21,6 +22,8 @@ ModelFn = Callable[[Tensor, Tensor], Tensor]
 # Called after every step with (x, t_next, step_index); may return a modified x
 # (inpainting / known regions, projections). ``t_next`` is -1 after the last step.
 StepHook = Callable[[Tensor, int, int], Tensor]
+# What a step calls for fresh noise: (shape, device) -> Tensor (torch.randn or a noise prior).
+NoiseDraw = Callable[[tuple[int, ...], torch.device], Tensor]
 
 
 def threshold_x0(x0: Tensor, clip: bool, clip_range: float, dynamic_ratio: float | None,
@@ -89,17 +92,29 @@ class Sampler(ABC):
     @torch.no_grad()
     def sample(self, model_fn: ModelFn, schedule: NoiseSchedule, shape: tuple[int, ...], prediction_type: str = "eps",
                generator: torch.Generator | None = None, device: torch.device | str | None = None,
-               x_T: Tensor | None = None, step_hook: StepHook | None = None) -> Tensor:
+               x_T: Tensor | None = None, step_hook: StepHook | None = None,
+               noise_fn: NoiseFn | None = None) -> Tensor:
+        """Run the reverse process from ``x_T`` (drawn when not given) and return ``x_0``.
+
+        ``noise_fn(shape, generator, device)`` replaces ``torch.randn`` for every noise draw (``x_T``
+        and stochastic steps), e.g. the frame-correlated video prior of ``diffusion.noise_prior``.
+        """
         check_prediction_type(prediction_type)
         self.validate(schedule)
         device = torch.device(device) if device is not None else schedule.betas.device
-        x = x_T.to(device) if x_T is not None else torch.randn(shape, generator=generator, device=device)
-        return self._loop(model_fn, schedule, x.float(), prediction_type, generator, step_hook)
+
+        def noise(size: tuple[int, ...], dev: torch.device) -> Tensor:
+            if noise_fn is not None:
+                return noise_fn(tuple(size), generator, dev).float()
+            return torch.randn(size, generator=generator, device=dev)
+
+        x = x_T.to(device) if x_T is not None else noise(tuple(shape), device)
+        return self._loop(model_fn, schedule, x.float(), prediction_type, noise, step_hook)
 
     @abstractmethod
     def _loop(self, model_fn: ModelFn, schedule: NoiseSchedule, x: Tensor, prediction_type: str,
-              generator: torch.Generator | None, step_hook: StepHook | None) -> Tensor:
-        ...
+              noise: NoiseDraw, step_hook: StepHook | None) -> Tensor:
+        """The reverse steps from ``x``; ``noise(shape, device)`` draws any fresh noise a step needs."""
 
     def _iter(self, ts: Tensor):
         return tqdm(list(enumerate(ts.tolist())), desc=f"{self.name} sampling", disable=not self.progress, leave=False)

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from ..schedule import NoiseSchedule
 from ..timesteps import SPACINGS
-from .base import ModelFn, Sampler, StepHook, threshold_x0
+from .base import ModelFn, NoiseDraw, Sampler, StepHook, threshold_x0
 
 
 def check_spacing(spacing: str) -> None:
@@ -78,7 +78,7 @@ class DDIMSampler(Sampler):
         self.eta, self.set_alpha_to_one = float(eta), set_alpha_to_one
 
     def _loop(self, model_fn: ModelFn, schedule: NoiseSchedule, x: Tensor, prediction_type: str,
-              generator: torch.Generator | None, step_hook: StepHook | None) -> Tensor:
+              noise: NoiseDraw, step_hook: StepHook | None) -> Tensor:
         ts = self.timesteps(schedule)
         check_zero_terminal(schedule, ts, prediction_type)
         abar = schedule.alphas_cumprod64.to(x.device)
@@ -92,8 +92,8 @@ class DDIMSampler(Sampler):
             direction = (1 - a_prev - sigma ** 2).clamp(min=0).sqrt()
             x = a_prev.sqrt().float() * x0 + direction.float() * eps
             if self.eta > 0:
-                noise = torch.randn(x.shape, generator=generator, device=x.device)
-                x = x + sigma.float() * noise
+                eps_new = noise(x.shape, x.device)
+                x = x + sigma.float() * eps_new
             if step_hook is not None:
                 x = step_hook(x, t_prev, i)
         return x

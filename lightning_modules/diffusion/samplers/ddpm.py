@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from ..schedule import NoiseSchedule
-from .base import ModelFn, Sampler, StepHook
+from .base import ModelFn, NoiseDraw, Sampler, StepHook
 
 VARIANCES = ("fixed_small", "fixed_large")
 
@@ -29,7 +29,7 @@ class DDPMSampler(Sampler):
         self.variance = variance
 
     def _loop(self, model_fn: ModelFn, schedule: NoiseSchedule, x: Tensor, prediction_type: str,
-              generator: torch.Generator | None, step_hook: StepHook | None) -> Tensor:
+              noise: NoiseDraw, step_hook: StepHook | None) -> Tensor:
         ts = self.timesteps(schedule)
         abar = schedule.alphas_cumprod64.to(x.device)
         for i, t in self._iter(ts):
@@ -45,8 +45,8 @@ class DDPMSampler(Sampler):
                 # fixed_large: sigma^2 = beta. (Ho et al. replace the variance at t=0 by beta_tilde_1,
                 # which only matters for likelihoods: the last step adds no noise.)
                 var = beta * (1 - a_prev) / (1 - a_t) if self.variance == "fixed_small" else beta
-                noise = torch.randn(x.shape, generator=generator, device=x.device)
-                x = mean + var.sqrt().float() * noise
+                eps_new = noise(x.shape, x.device)
+                x = mean + var.sqrt().float() * eps_new
             else:
                 x = mean
             if step_hook is not None:

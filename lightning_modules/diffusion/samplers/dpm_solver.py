@@ -6,7 +6,7 @@ from torch import Tensor
 
 from ..schedule import NoiseSchedule
 from ..timesteps import make_timesteps
-from .base import ModelFn, Sampler, StepHook
+from .base import ModelFn, NoiseDraw, Sampler, StepHook
 from .ddim import check_spacing, check_zero_terminal, predict_exact
 
 FINAL_SIGMAS = ("zero", "sigma_min")
@@ -50,7 +50,7 @@ class DPMSolverSampler(Sampler):
         return make_timesteps(T, steps + 1, self.spacing, self.steps_offset)[:-1]
 
     def _loop(self, model_fn: ModelFn, schedule: NoiseSchedule, x: Tensor, prediction_type: str,
-              generator: torch.Generator | None, step_hook: StepHook | None) -> Tensor:
+              noise: NoiseDraw, step_hook: StepHook | None) -> Tensor:
         ts = self.timesteps(schedule)
         check_zero_terminal(schedule, ts, prediction_type)
         abar = schedule.alphas_cumprod64.to(x.device)
