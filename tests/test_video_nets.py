@@ -109,3 +109,25 @@ def test_image_batches_skip_temporal_blocks(make_cfg):
     assert model.net_conditions({"x": torch.zeros(1)}) == {"independent_frames": True}
     model.eval()
     assert model.net_conditions({"x": torch.zeros(1)}) == {}  # never in validation / sampling
+
+
+def test_conv_stem_and_head_start_at_zero_train_and_keep_frames_apart_in_image_mode():
+    net = VideoDiT(variant="interleaved", conv_stem=2, conv_width=8, **SMALL)
+    plain = VideoDiT(variant="interleaved", **SMALL)
+    assert net.stem is not None and plain.stem is None and net.x_embedder.in_channels == 8
+    x, t = torch.randn(2, 4, 1, 8, 8), torch.tensor([5, 900])
+    out = net(x, t)
+    assert out.shape == x.shape and torch.count_nonzero(out) == 0  # still exactly zero at init
+    # the zero start is not a dead start: the final layer gets a gradient through the head
+    net(x, t).sub(x).square().mean().backward()
+    assert net.final_layer.linear.weight.grad.abs().sum() > 0 and net.head.bias.grad.abs().sum() > 0
+    randomise_(net)
+    net.eval()
+    with torch.no_grad():
+        base = net(x, t, independent_frames=True)
+        x2 = x.clone()
+        x2[:, 2] += 1.0
+        diff = (net(x2, t, independent_frames=True) - base).abs().flatten(2).amax(-1)
+        assert (diff[:, 2] > 1e-5).all() and (diff[:, [0, 1, 3]] == 0).all()  # the convs act frame by frame
+    with pytest.raises(ValueError, match="conv_stem must be >= 0"):
+        VideoDiT(conv_stem=-1, **SMALL)

@@ -13,16 +13,20 @@ temporal position embedding. The transformer is one of Latte's four model varian
 (Latte's Variant 4, heads split between spatial and temporal attention, is not implemented.)
 A spatial block attends within a frame; a temporal block attends along time at one patch
 position. Blocks are the image DiT's adaLN-Zero blocks, so an untrained network outputs zeros.
+``conv_stem > 0`` (not in Latte; off by default) puts ``conv_stem`` 3x3 convolutions (``conv_width``
+channels, SiLU) in front of each frame's patch embedding and a 3x3 convolution after unpatchify, so
+the layers next to the pixels (or latents) are translation-equivariant below the patch size.
 ``independent_frames=True`` skips every temporal operation (temporal attention and temporal
 position embedding): frames are then denoised as independent images (joint image-video training).
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .dit import Attention, DiT, DiTBlock, Mlp, _bcast, modulate, sincos_1d
+from .dit import Attention, DiT, DiTBlock, FinalLayer, Mlp, _bcast, init_dit_weights, modulate, sincos_1d
 
 VARIANTS = ("interleaved", "late_fusion", "factorised", "joint")
 
@@ -76,13 +80,19 @@ class VideoDiT(DiT):
         variant: ``interleaved`` | ``late_fusion`` | ``factorised`` | ``joint`` (see module doc).
         depth: number of transformer blocks; for ``interleaved`` / ``late_fusion`` it must be even
             (half spatial, half temporal), as in Latte-XL's 28 = 14 + 14.
+        conv_stem: 3x3 convolutions before the patch embedding (0 = Latte's plain patch embedding);
+            when > 0 a 3x3 convolution also follows unpatchify.
+        conv_width: channels of those convolutions.
         other arguments: as :class:`DiT`.
     """
 
     def __init__(self, num_frames: int = 16, variant: str = "interleaved", input_size: int = 32, patch_size: int = 2,
                  in_channels: int = 4, hidden_size: int = 384, depth: int = 12, num_heads: int = 6,
                  mlp_ratio: float = 4.0, num_classes: int | None = None, learn_sigma: bool = False,
-                 context_dim: int | None = None, gradient_checkpointing: bool = False) -> None:
+                 context_dim: int | None = None, gradient_checkpointing: bool = False, conv_stem: int = 0,
+                 conv_width: int = 64) -> None:
+        if conv_stem < 0 or conv_width < 1:
+            raise ValueError(f"conv_stem must be >= 0 and conv_width >= 1, got {conv_stem} and {conv_width}")
         if variant not in VARIANTS:
             raise ValueError(f"unknown video DiT variant {variant!r}; choose one of {', '.join(VARIANTS)}")
         if variant in ("interleaved", "late_fusion") and depth % 2:
@@ -93,12 +103,27 @@ class VideoDiT(DiT):
                          num_classes=num_classes, learn_sigma=learn_sigma, context_dim=context_dim,
                          gradient_checkpointing=gradient_checkpointing)
         self.num_frames, self.variant = num_frames, variant
+        self.conv_width = conv_width
+        self.stem = self.head = None
+        if conv_stem:
+            layers: list[nn.Module] = []
+            for i in range(conv_stem):
+                layers += [nn.Conv2d(in_channels if i == 0 else conv_width, conv_width, 3, padding=1), nn.SiLU()]
+            self.stem = nn.Sequential(*layers)
+            self.x_embedder = nn.Conv2d(conv_width, hidden_size, patch_size, stride=patch_size)
+            self.final_layer = FinalLayer(hidden_size, patch_size, conv_width)  # features for the head
+            self.head = nn.Conv2d(conv_width, self.out_channels, 3, padding=1)
+            init_dit_weights(self)  # zero adaLN / final layer again: an untrained net still outputs zeros
+            nn.init.zeros_(self.head.bias)
         # what each block attends over: "s" within a frame, "t" along time, "st" everything, "f" factorised
         self.block_kinds = {"interleaved": ["s", "t"] * (depth // 2),
                             "late_fusion": ["s"] * (depth // 2) + ["t"] * (depth // 2),
                             "factorised": ["f"] * depth, "joint": ["st"] * depth}[variant]
         self.register_buffer("temp_embed", sincos_1d(hidden_size, torch.arange(num_frames)).float()[None, :, None],
                              persistent=False)
+
+    def embed(self, x: Tensor) -> Tensor:
+        return super().embed(self.stem(x) if self.stem is not None else x)
 
     def make_block(self, dim: int, heads: int, mlp_ratio: float, context_dim: int | None) -> nn.Module:
         if self._variant == "factorised":
@@ -141,8 +166,12 @@ class VideoDiT(DiT):
         c = self.condition(t, y, b).to(h.dtype)
         for block, kind in zip(self.blocks, self.block_kinds):
             h = self._block(block, kind, h, c, context, context_mask, independent_frames)
-        out = self.final_layer(h, c)  # (B, T, N, p*p*C)
-        return self.unpatchify(out.flatten(0, 1)).reshape(b, nt, self.out_channels, self.input_size, self.input_size)
+        out = self.final_layer(h, c).flatten(0, 1)  # (B*T, N, p*p*C)
+        if self.head is not None:
+            frames = self.head(F.silu(self.unpatchify(out, channels=self.conv_width)))
+        else:
+            frames = self.unpatchify(out)
+        return frames.reshape(b, nt, self.out_channels, self.input_size, self.input_size)
 
 
 __all__ = ["VideoDiT", "FactorisedBlock", "DiTBlock", "VARIANTS"]
