@@ -1,7 +1,7 @@
 """Video diffusion: :class:`DiffusionModule` on clips ``(B, T, C, H, W)`` through its hooks only.
 
 Everything else (schedule, eps/x0/v parameterisation, loss weighting, EMA, samplers,
-classifier-free guidance) is shared with image diffusion. Two additions:
+classifier-free guidance) is shared with image diffusion. Three additions:
 
 - **Frame-wise latent space** (optional): ``autoencoder_ckpt`` points at a checkpoint of
   ``lightning_modules.autoencoder.AutoencoderModule``; each frame is encoded to ``z * scale``
