@@ -152,13 +152,9 @@ class DiffusionModule(pl.LightningModule):
 
     def draw_noise(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
                    device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Tensor:
-        """The diffusion noise: standard normal here; video modules may correlate frames (noise prior)."""
+        """The diffusion noise, in training and (as the sampler's ``noise_fn``) in sampling: standard
+        normal here; video modules may correlate frames (noise prior)."""
         return torch.randn(shape, device=device, generator=generator, dtype=dtype)
-
-    @property
-    def sampling_noise_fn(self) -> Any:
-        """``noise_fn`` for :meth:`Sampler.sample`: None draws ``torch.randn`` (see ``draw_noise``)."""
-        return None
 
     def diffusion_loss(self, x0: Tensor, cond: dict[str, Any], generator: torch.Generator | None = None) -> Tensor:
         b = x0.shape[0]
@@ -275,7 +271,7 @@ class DiffusionModule(pl.LightningModule):
             with self.ema_scope(use_ema and self.ema is not None):
                 z = sampler.sample(self.model_fn(cond, guidance_scale), self.schedule, (num, *self.sample_shape),
                                    self.prediction_type, generator=generator, device=self.device, x_T=x_T,
-                                   step_hook=step_hook, noise_fn=self.sampling_noise_fn)
+                                   step_hook=step_hook, noise_fn=self.draw_noise)
             return self.decode(z)
         finally:
             self.train(was_training)

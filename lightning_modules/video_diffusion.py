@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from kakusan.errors import UserError
 
-from .diffusion.noise_prior import check_noise_prior, correlated_noise, noise_fn
+from .diffusion.noise_prior import check_noise_prior, correlated_noise
 from .diffusion_module import DiffusionModule
 
 
@@ -115,12 +115,6 @@ class VideoDiffusionModule(DiffusionModule):
                    device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Tensor:
         """Noise for clips ``(B, T, ...)``, correlated along time by the configured prior."""
         return correlated_noise(shape, self.noise_prior, self.noise_prior_alpha, 1, generator, device, dtype)
-
-    @property
-    def sampling_noise_fn(self) -> Any:
-        if self.noise_prior == "independent":
-            return None  # plain torch.randn: the same draws as before the prior existed
-        return noise_fn(self.noise_prior, self.noise_prior_alpha, frame_dim=1)
 
     def _framewise(self, fn, x: Tensor) -> Tensor:
         b, t = x.shape[:2]

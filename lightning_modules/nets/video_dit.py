@@ -113,7 +113,8 @@ class VideoDiT(DiT):
             self.x_embedder = nn.Conv2d(conv_width, hidden_size, patch_size, stride=patch_size)
             self.final_layer = FinalLayer(hidden_size, patch_size, conv_width)  # features for the head
             self.head = nn.Conv2d(conv_width, self.out_channels, 3, padding=1)
-            init_dit_weights(self)  # zero adaLN / final layer again: an untrained net still outputs zeros
+            for m in (self.x_embedder, self.final_layer):  # DiT's init for the replaced layers: zero output
+                init_dit_weights(m)
             nn.init.zeros_(self.head.bias)
         # what each block attends over: "s" within a frame, "t" along time, "st" everything, "f" factorised
         self.block_kinds = {"interleaved": ["s", "t"] * (depth // 2),
