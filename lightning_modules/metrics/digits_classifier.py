@@ -73,7 +73,10 @@ def load_digits_classifier(path: str | Path | None = None, device: str | torch.d
     with _LOCK:
         if key not in _CACHE:
             state = torch.load(file, map_location="cpu", weights_only=True)
-            net = DigitsNet(**state.get("config", {}))
+            # build without touching the global RNG: the first load in a process must not shift the
+            # training noise of the run that loads it (every weight is overwritten just below)
+            with torch.random.fork_rng(devices=[]):
+                net = DigitsNet(**state.get("config", {}))
             net.load_state_dict({k: v.float() for k, v in state["state_dict"].items()})
             _CACHE[key] = net.to(dev).eval().requires_grad_(False)
         return _CACHE[key]
