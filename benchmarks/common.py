@@ -23,30 +23,11 @@ CONFIG_DIR = str(ROOT / "configs")
 
 
 def compose_train_cfg(overrides: list[str], out_dir: str | None = None):
-    """Compose ``configs/train.yaml`` with Hydra's compose API, as ``experiments.train`` would see it.
+    """Compose ``configs/train.yaml`` as ``experiments.train`` would see it; the run folder
+    (``paths.output_dir``) is a fresh temporary folder unless ``out_dir`` is given."""
+    from kakusan.compose import compose_run_config
 
-    The run folder (``paths.output_dir``) is a fresh temporary folder unless ``out_dir`` is given.
-    """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    out = Path(out_dir or tempfile.mkdtemp(prefix="kakusan-bench-"))
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(out)
-            cfg.hydra.runtime.cwd = str(ROOT)
-            cfg.hydra.job.num = 0
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(out)
-            cfg.paths.log_dir = str(out / "logs")
-            del cfg["hydra"]
-    GlobalHydra.instance().clear()
-    return cfg
+    return compose_run_config(overrides, out_dir or tempfile.mkdtemp(prefix="kakusan-bench-"))
 
 
 def num_params(module: torch.nn.Module) -> int:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
+
+from kakusan.compose import compose_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(ROOT / "configs")
@@ -21,21 +21,9 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 def compose_cfg(overrides: list[str], out: Path, config_name: str = "train") -> DictConfig:
-    """Compose ``configs/<config_name>.yaml`` as the entry point would, with the run folder at ``out``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(out)
-            cfg.hydra.runtime.cwd = str(ROOT)
-            cfg.hydra.job.num = 0
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(out)
-            cfg.paths.log_dir = str(out / "logs")
-            cfg.paths.cache_dir = str(out / "cache")
-            del cfg["hydra"]
-    return cfg
+    """Compose ``configs/<config_name>.yaml`` as the entry point would, with the run folder (and a
+    private cache) at ``out``."""
+    return compose_run_config(overrides, out, config_name, private_cache=True)
 
 
 @pytest.fixture
