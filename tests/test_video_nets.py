@@ -111,8 +111,9 @@ def test_image_batches_skip_temporal_blocks(make_cfg):
     assert model.net_conditions({"x": torch.zeros(1)}) == {}  # never in validation / sampling
 
 
-def test_conv_stem_and_head_start_at_zero_train_and_keep_frames_apart_in_image_mode():
-    net = VideoDiT(variant="interleaved", conv_stem=2, conv_width=8, **SMALL)
+@pytest.mark.parametrize("temporal", [False, True])
+def test_conv_stem_and_head_start_at_zero_train_and_keep_frames_apart_in_image_mode(temporal):
+    net = VideoDiT(variant="interleaved", conv_stem=2, conv_width=8, conv_temporal=temporal, **SMALL)
     plain = VideoDiT(variant="interleaved", **SMALL)
     assert net.stem is not None and plain.stem is None and net.x_embedder.in_channels == 8
     x, t = torch.randn(2, 4, 1, 8, 8), torch.tensor([5, 900])
@@ -129,5 +130,19 @@ def test_conv_stem_and_head_start_at_zero_train_and_keep_frames_apart_in_image_m
         x2[:, 2] += 1.0
         diff = (net(x2, t, independent_frames=True) - base).abs().flatten(2).amax(-1)
         assert (diff[:, 2] > 1e-5).all() and (diff[:, [0, 1, 3]] == 0).all()  # the convs act frame by frame
+    assert isinstance(net.stem[0], torch.nn.Conv3d if temporal else torch.nn.Conv2d)
+    if temporal:  # in video mode the 3-D stem and head carry each frame one frame further per layer
+        small = {**SMALL, "num_frames": 8}
+        convs_only = VideoDiT(variant="interleaved", conv_stem=1, conv_width=8, conv_temporal=True, **small)
+        randomise_(convs_only)
+        convs_only.block_kinds = ["s", "s"]  # no temporal attention: only the convolutions cross frames
+        convs_only.temp_embed.zero_()
+        convs_only.eval()
+        x3 = torch.randn(2, 8, 1, 8, 8)
+        x4 = x3.clone()
+        x4[:, 7] += 1.0
+        with torch.no_grad():
+            reach = (convs_only(x4, t) - convs_only(x3, t)).abs().flatten(2).amax(-1)
+        assert (reach[:, :5] == 0).all() and (reach[:, 5:] > 1e-5).all()  # stem + head: frames 5, 6, 7 only
     with pytest.raises(ValueError, match="conv_stem must be >= 0"):
         VideoDiT(conv_stem=-1, **SMALL)

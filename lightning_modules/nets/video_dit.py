@@ -15,7 +15,9 @@ A spatial block attends within a frame; a temporal block attends along time at o
 position. Blocks are the image DiT's adaLN-Zero blocks, so an untrained network outputs zeros.
 ``conv_stem > 0`` (not in Latte; off by default) puts ``conv_stem`` 3x3 convolutions (``conv_width``
 channels, SiLU) in front of each frame's patch embedding and a 3x3 convolution after unpatchify, so
-the layers next to the pixels (or latents) are translation-equivariant below the patch size.
+the layers next to the pixels (or latents) are translation-equivariant below the patch size; with
+``conv_temporal=True`` those convolutions are 3x3x3 over (time, height, width), so they can also
+follow content that moves by less than a patch from frame to frame.
 ``independent_frames=True`` skips every temporal operation (temporal attention and temporal
 position embedding): frames are then denoised as independent images (joint image-video training).
 """
@@ -83,6 +85,8 @@ class VideoDiT(DiT):
         conv_stem: 3x3 convolutions before the patch embedding (0 = Latte's plain patch embedding);
             when > 0 a 3x3 convolution also follows unpatchify.
         conv_width: channels of those convolutions.
+        conv_temporal: make the stem and head convolutions 3-D (3x3x3 over frames and pixels); with
+            ``independent_frames`` only their centre frame slice acts, so images stay independent.
         other arguments: as :class:`DiT`.
     """
 
@@ -90,7 +94,7 @@ class VideoDiT(DiT):
                  in_channels: int = 4, hidden_size: int = 384, depth: int = 12, num_heads: int = 6,
                  mlp_ratio: float = 4.0, num_classes: int | None = None, learn_sigma: bool = False,
                  context_dim: int | None = None, gradient_checkpointing: bool = False, conv_stem: int = 0,
-                 conv_width: int = 64) -> None:
+                 conv_width: int = 64, conv_temporal: bool = False) -> None:
         if conv_stem < 0 or conv_width < 1:
             raise ValueError(f"conv_stem must be >= 0 and conv_width >= 1, got {conv_stem} and {conv_width}")
         if variant not in VARIANTS:
@@ -103,16 +107,17 @@ class VideoDiT(DiT):
                          num_classes=num_classes, learn_sigma=learn_sigma, context_dim=context_dim,
                          gradient_checkpointing=gradient_checkpointing)
         self.num_frames, self.variant = num_frames, variant
-        self.conv_width = conv_width
+        self.conv_width, self.conv_temporal = conv_width, bool(conv_temporal and conv_stem)
         self.stem = self.head = None
         if conv_stem:
+            conv = nn.Conv3d if self.conv_temporal else nn.Conv2d
             layers: list[nn.Module] = []
             for i in range(conv_stem):
-                layers += [nn.Conv2d(in_channels if i == 0 else conv_width, conv_width, 3, padding=1), nn.SiLU()]
+                layers += [conv(in_channels if i == 0 else conv_width, conv_width, 3, padding=1), nn.SiLU()]
             self.stem = nn.Sequential(*layers)
             self.x_embedder = nn.Conv2d(conv_width, hidden_size, patch_size, stride=patch_size)
             self.final_layer = FinalLayer(hidden_size, patch_size, conv_width)  # features for the head
-            self.head = nn.Conv2d(conv_width, self.out_channels, 3, padding=1)
+            self.head = conv(conv_width, self.out_channels, 3, padding=1)
             for m in (self.x_embedder, self.final_layer):  # DiT's init for the replaced layers: zero output
                 init_dit_weights(m)
             nn.init.zeros_(self.head.bias)
@@ -123,8 +128,15 @@ class VideoDiT(DiT):
         self.register_buffer("temp_embed", sincos_1d(hidden_size, torch.arange(num_frames)).float()[None, :, None],
                              persistent=False)
 
-    def embed(self, x: Tensor) -> Tensor:
-        return super().embed(self.stem(x) if self.stem is not None else x)
+    def _conv(self, layer: nn.Module, x: Tensor, independent: bool) -> Tensor:
+        """Apply a stem or head ``layer`` to frames ``(B, T, C, H, W)``; returns ``(B*T, C', H, W)``."""
+        b, t = x.shape[:2]
+        if not self.conv_temporal:
+            return layer(x.flatten(0, 1))
+        if independent:  # every frame its own clip of length 1: only the kernels' centre slice acts
+            return layer(x.flatten(0, 1).unsqueeze(2)).squeeze(2)
+        y = layer(x.transpose(1, 2))  # (B, C', T, H, W)
+        return y.transpose(1, 2).flatten(0, 1)
 
     def make_block(self, dim: int, heads: int, mlp_ratio: float, context_dim: int | None) -> nn.Module:
         if self._variant == "factorised":
@@ -160,7 +172,8 @@ class VideoDiT(DiT):
         b, nt = x.shape[:2]
         if nt > self.num_frames:
             raise ValueError(f"clip has {nt} frames but the network was built for num_frames={self.num_frames}")
-        h = self.embed(x.flatten(0, 1))  # per-frame patch embedding + spatial position
+        frames_in = self._conv(self.stem, x, independent_frames) if self.stem is not None else x.flatten(0, 1)
+        h = self.embed(frames_in)  # per-frame patch embedding + spatial position
         h = h.reshape(b, nt, *h.shape[1:])
         if not independent_frames:
             h = h + self.temp_embed[:, :nt].to(h.dtype)
@@ -169,7 +182,8 @@ class VideoDiT(DiT):
             h = self._block(block, kind, h, c, context, context_mask, independent_frames)
         out = self.final_layer(h, c).flatten(0, 1)  # (B*T, N, p*p*C)
         if self.head is not None:
-            frames = self.head(F.silu(self.unpatchify(out, channels=self.conv_width)))
+            feats = F.silu(self.unpatchify(out, channels=self.conv_width))
+            frames = self._conv(self.head, feats.reshape(b, nt, *feats.shape[1:]), independent_frames)
         else:
             frames = self.unpatchify(out)
         return frames.reshape(b, nt, self.out_channels, self.input_size, self.input_size)
