@@ -7,9 +7,9 @@ from PIL import Image
 from datamodules.moving_mnist import MovingMNISTDataModule
 from kakusan.errors import UserError
 from lightning_modules.callbacks.video_logger import save_video_samples, wandb_video
-from lightning_modules.metrics.video import (FrechetVideoDistance, RandomConv3dExtractor, compute_fvd,
-                                             center_digits, digit_consistency, frechet_distance, resolve_i3d_path, temporal_change,
-                                             video_metrics)
+from lightning_modules.metrics.video import (FrechetVideoDistance, RandomConv3dExtractor, center_digits,
+                                             compute_fvd, digit_agreement_by_distance, digit_consistency,
+                                             frechet_distance, resolve_i3d_path, temporal_change, video_metrics)
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +76,28 @@ def test_digit_consistency_drops_when_digits_change_between_frames():
     assert out["video/digit_consistency_fake"] == pytest.approx(float(digit_consistency(morph).mean()))
     with pytest.raises(ValueError, match="single-channel"):
         digit_consistency(real.repeat(1, 1, 3, 1, 1))
+
+
+def test_digit_agreement_by_distance_separates_drift_from_unreadable_frames():
+    real = MovingMNISTDataModule(num_train=8, num_val=64, frames=8, image_size=32, digit_size=20,
+                                 batch_size=8).real_samples(64, "val")
+    steady = digit_agreement_by_distance(real)
+    assert steady.shape == (7,) and float(steady.min()) > 0.9
+    # drift: the clip's last four frames come from the next clip (one switch in the middle)
+    switch = real.clone()
+    switch[:, 4:] = real.roll(1, dims=0)[:, 4:]
+    drift = digit_agreement_by_distance(switch)
+    assert float(drift[0]) > 0.8 and float(drift[-1]) < float(drift[0]) - 0.4  # neighbours agree, the ends do not
+    # every frame from another clip: already the neighbours disagree
+    idx = (torch.arange(64)[:, None] + torch.arange(8)[None, :]) % 64
+    shuffled = digit_agreement_by_distance(real[idx, torch.arange(8)[None, :]])
+    assert float(shuffled[0]) < 0.5
+    out = video_metrics(switch, real, fid_extractor="digits", fvd_extractor=None)
+    assert out["video/digit_agreement_next_fake"] == pytest.approx(float(drift[0]))
+    assert out["video/digit_agreement_ends_fake"] == pytest.approx(float(drift[-1]))
+    assert out["video/digit_agreement_ends_real"] == pytest.approx(float(steady[-1]))
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        digit_agreement_by_distance(real[:, :1])
 
 
 def test_center_digits_moves_the_ink_to_the_middle():

@@ -199,6 +199,17 @@ def _digit_sized(frames: Tensor) -> Tensor:
     return F.interpolate(frames, size=(32, 32), mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
 
 
+def _frame_digit_labels(clips: Tensor, batch_size: int = 512) -> Tensor:
+    """The MNIST classifier's label for every frame of single-channel clips: ``(N, T)`` long."""
+    from .digits_classifier import predict_digits
+
+    if clips.ndim != 5 or clips.shape[2] != 1:
+        raise ValueError(f"digit metrics need single-channel clips (N, T, 1, H, W), got {tuple(clips.shape)}")
+    n, t = clips.shape[:2]
+    frames = _digit_sized(clips.flatten(0, 1).float())
+    return predict_digits(center_digits(frames), batch_size).reshape(n, t)
+
+
 def digit_consistency(clips: Tensor, batch_size: int = 512) -> Tensor:
     """Per-clip identity consistency of a moving digit: ``(N,)`` in [1/T, 1].
 
@@ -209,15 +220,23 @@ def digit_consistency(clips: Tensor, batch_size: int = 512) -> Tensor:
     clips (Moving MNIST with ``num_digits=1``); report it next to the real clips' value, which is
     the classifier's own floor.
     """
-    from .digits_classifier import predict_digits
-
-    if clips.ndim != 5 or clips.shape[2] != 1:
-        raise ValueError(f"digit_consistency needs single-channel clips (N, T, 1, H, W), got {tuple(clips.shape)}")
-    n, t = clips.shape[:2]
-    frames = _digit_sized(clips.flatten(0, 1).float())
-    labels = predict_digits(center_digits(frames), batch_size).reshape(n, t)
+    labels = _frame_digit_labels(clips, batch_size)
     counts = F.one_hot(labels, 10).sum(1)  # (N, 10) frames per label
-    return counts.amax(1).float() / t
+    return counts.amax(1).float() / labels.shape[1]
+
+
+def digit_agreement_by_distance(clips: Tensor, batch_size: int = 512) -> Tensor:
+    """Share of frame pairs ``(i, i + d)`` whose digit labels agree, for ``d = 1 .. T-1``: ``(T-1,)``.
+
+    Tells two failures apart that :func:`digit_consistency` mixes: glyphs the classifier cannot read
+    (low agreement already between neighbouring frames) and a glyph that drifts while it moves
+    (high agreement between neighbours, falling with the distance ``d``).
+    """
+    labels = _frame_digit_labels(clips, batch_size)
+    t = labels.shape[1]
+    if t < 2:
+        raise ValueError(f"agreement by frame distance needs clips of at least 2 frames, got {t}")
+    return torch.stack([(labels[:, d:] == labels[:, :-d]).float().mean() for d in range(1, t)])
 
 
 def frame_fid(fake: Tensor, real: Tensor, extractor: str = "digits", batch_size: int = 256, device=None) -> float:
@@ -246,6 +265,11 @@ def video_metrics(fake: Tensor, real: Tensor, fid_extractor: str | None = "digit
     if fid_extractor == "digits":  # the frames are digits: does each clip keep its digit?
         out["video/digit_consistency_fake"] = digit_consistency(fake).mean().item()
         out["video/digit_consistency_real"] = digit_consistency(real).mean().item()
+        if fake.shape[1] > 1:  # neighbouring frames and the first against the last
+            for name, clips in (("fake", fake), ("real", real)):
+                agree = digit_agreement_by_distance(clips)
+                out[f"video/digit_agreement_next_{name}"] = agree[0].item()
+                out[f"video/digit_agreement_ends_{name}"] = agree[-1].item()
     if fvd_extractor is not None:
         name = fvd_extractor if isinstance(fvd_extractor, str) else "custom"
         out[f"video/fvd_{name}"] = compute_fvd(fake, real, fvd_extractor, i3d_path=i3d_path, cache_dir=cache_dir)
