@@ -130,7 +130,6 @@ class VideoDiT(DiT):
 
     def _conv(self, layer: nn.Module, x: Tensor, independent: bool) -> Tensor:
         """Apply a stem or head ``layer`` to frames ``(B, T, C, H, W)``; returns ``(B*T, C', H, W)``."""
-        b, t = x.shape[:2]
         if not self.conv_temporal:
             return layer(x.flatten(0, 1))
         if independent:  # every frame its own clip of length 1: only the kernels' centre slice acts
