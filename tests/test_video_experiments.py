@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from experiments.train import train
 from kakusan.errors import UserError
+from tests.test_dit import randomise_
 
 FAST = ["debug=fast_dev_run", "logger=csv"]
 
@@ -166,3 +167,30 @@ def test_video_latent_cache_encodes_training_clips_once(make_cfg, tmp_path):
     model._cache_training_latents(dm)  # already cached: left alone
     assert dm.train_set.fields["x"] is cached
     assert torch.isfinite(model.training_step({"x": cached[:2]}, 0))
+
+
+def test_class_conditional_latent_video_experiment_trains_and_samples_with_guidance(make_cfg, tmp_path):
+    ckpt = tiny_autoencoder_ckpt(make_cfg, tmp_path)
+    cfg = make_cfg(["experiment=video_ldm_moving_mnist_cond", f"model.autoencoder_ckpt={ckpt}",
+                    "model.cache_latents=false", "model.net.hidden_size=32", "model.net.depth=2",
+                    "data.num_train=6", "data.num_val=4", "data.batch_size=3"], sub="cond")
+    assert cfg.model.num_classes == 10 and cfg.model.guidance_scale == 4.0 and cfg.data.conditional
+    assert cfg.model.net.num_classes == 10 and cfg.trainer.max_epochs == 80
+    model = hydra.utils.instantiate(cfg.model)
+    dm = hydra.utils.instantiate(cfg.data)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["y"].shape == (3,) and batch["y"].dtype == torch.long  # the clip's digit class
+    model.setup("fit")
+    assert torch.isfinite(model.training_step(batch, 0))
+    sampler = hydra.utils.instantiate({"_target_": "lightning_modules.diffusion.samplers.DDIMSampler", "steps": 2,
+                                       "progress": False})
+    randomise_(model.net)  # adaLN-Zero: an untrained net ignores the class until its modulations move
+    model.ema.shadow.load_state_dict(model.net.state_dict())
+    draw = lambda y, g: model.sample(2, cond={"y": torch.tensor(y)}, sampler=sampler,  # noqa: E731
+                                     generator=torch.Generator().manual_seed(0), guidance_scale=g)
+    a = draw([3, 7], 4.0)
+    assert a.shape == (2, 8, 1, 32, 32) and torch.isfinite(a).all()
+    assert not torch.equal(a, draw([5, 1], 4.0))  # the requested class changes the clip
+    assert not torch.equal(a, draw([3, 7], 1.0))  # and guidance acts on it
+    assert torch.equal(a, draw([3, 7], 4.0))  # seeded
