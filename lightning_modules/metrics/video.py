@@ -220,7 +220,10 @@ def digit_consistency(clips: Tensor, batch_size: int = 512) -> Tensor:
     clips (Moving MNIST with ``num_digits=1``); report it next to the real clips' value, which is
     the classifier's own floor.
     """
-    labels = _frame_digit_labels(clips, batch_size)
+    return _consistency(_frame_digit_labels(clips, batch_size))
+
+
+def _consistency(labels: Tensor) -> Tensor:
     counts = F.one_hot(labels, 10).sum(1)  # (N, 10) frames per label
     return counts.amax(1).float() / labels.shape[1]
 
@@ -232,7 +235,10 @@ def digit_agreement_by_distance(clips: Tensor, batch_size: int = 512) -> Tensor:
     (low agreement already between neighbouring frames) and a glyph that drifts while it moves
     (high agreement between neighbours, falling with the distance ``d``).
     """
-    labels = _frame_digit_labels(clips, batch_size)
+    return _agreement(_frame_digit_labels(clips, batch_size))
+
+
+def _agreement(labels: Tensor) -> Tensor:
     t = labels.shape[1]
     if t < 2:
         raise ValueError(f"agreement by frame distance needs clips of at least 2 frames, got {t}")
@@ -263,11 +269,11 @@ def video_metrics(fake: Tensor, real: Tensor, fid_extractor: str | None = "digit
     if fid_extractor:
         out[f"video/frame_fid_{fid_extractor}"] = frame_fid(fake, real, fid_extractor)
     if fid_extractor == "digits":  # the frames are digits: does each clip keep its digit?
-        out["video/digit_consistency_fake"] = digit_consistency(fake).mean().item()
-        out["video/digit_consistency_real"] = digit_consistency(real).mean().item()
-        if fake.shape[1] > 1:  # neighbouring frames and the first against the last
-            for name, clips in (("fake", fake), ("real", real)):
-                agree = digit_agreement_by_distance(clips)
+        for name, clips in (("fake", fake), ("real", real)):
+            labels = _frame_digit_labels(clips)  # classify every frame once for both scores
+            out[f"video/digit_consistency_{name}"] = _consistency(labels).mean().item()
+            if labels.shape[1] > 1:  # neighbouring frames and the first against the last
+                agree = _agreement(labels)
                 out[f"video/digit_agreement_next_{name}"] = agree[0].item()
                 out[f"video/digit_agreement_ends_{name}"] = agree[-1].item()
     if fvd_extractor is not None:
