@@ -59,7 +59,12 @@ def plot_metric_vs_key(groups: Sequence[Group], key: str, metric: str, path: Pat
     ax.set_xlabel(key)
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} vs {key.split('.')[-1]} (mean ± std, n={'/'.join(map(str, ns))})", fontsize=9)
-    if len(lines) > 1 or others:
+    return _save(fig, ax, path, legend=len(lines) > 1 or bool(others))
+
+
+def _save(fig, ax, path: Path, legend: bool) -> Path:
+    """Finish a line plot (legend, grid, tight layout), write it to ``path`` and free the figure."""
+    if legend:
         ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -102,12 +107,7 @@ def plot_curves(groups: Sequence[Group], column: str, path: Path) -> Path | None
     ax.set_xlabel("step")
     ax.set_ylabel(column)
     ax.set_title(f"{column} (mean over seeds, band = ± std)", fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, legend=True)
 
 
 def draw_all(groups: Sequence[Group], metrics: Sequence[str], out: Path) -> list[Path]:

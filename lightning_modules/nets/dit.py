@@ -102,7 +102,27 @@ class Mlp(nn.Sequential):
         super().__init__(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
 
 
-class DiTBlock(nn.Module):
+class CrossMlpTail(nn.Module):
+    """What every adaLN-Zero block ends with: optional cross-attention to a context (not gated; its
+    zero-initialised output projection makes it start as a no-op), then the gated, modulated MLP.
+    Blocks call :meth:`build_tail` in ``__init__`` and :meth:`tail` last in ``forward``."""
+
+    def build_tail(self, dim: int, heads: int, mlp_ratio: float, context_dim: int | None) -> None:
+        self.cross = None
+        if context_dim is not None:
+            self.norm_cross = nn.LayerNorm(dim, eps=1e-6)
+            self.cross = Attention(dim, heads, context_dim=context_dim)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def tail(self, x: Tensor, context: Tensor | None, context_mask: Tensor | None,
+             shift: Tensor, scale: Tensor, gate: Tensor) -> Tensor:
+        if self.cross is not None and context is not None:
+            x = x + self.cross(self.norm_cross(x), context, context_mask)
+        return x + gate * self.mlp(modulate(self.norm2(x), shift, scale))
+
+
+class DiTBlock(CrossMlpTail):
     """adaLN-Zero block: ``x + g1 * attn(mod(norm(x))) [+ cross] + g2 * mlp(mod(norm(x)))``.
 
     Tokens ``(B, ..., L, D)`` attend along ``L``; leading axes (e.g. frames) are independent.
@@ -113,21 +133,14 @@ class DiTBlock(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, heads)
-        self.cross = None
-        if context_dim is not None:
-            self.norm_cross = nn.LayerNorm(dim, eps=1e-6)
-            self.cross = Attention(dim, heads, context_dim=context_dim)
-        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.build_tail(dim, heads, mlp_ratio, context_dim)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
     def forward(self, x: Tensor, c: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
         mods = [_bcast(m, x) for m in self.adaLN_modulation(c).chunk(6, dim=-1)]
         shift1, scale1, gate1, shift2, scale2, gate2 = mods
         x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1))
-        if self.cross is not None and context is not None:
-            x = x + self.cross(self.norm_cross(x), context, context_mask)
-        return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        return self.tail(x, context, context_mask, shift2, scale2, gate2)
 
 
 class FinalLayer(nn.Module):

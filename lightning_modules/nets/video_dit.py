@@ -28,12 +28,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .dit import Attention, DiT, DiTBlock, FinalLayer, Mlp, _bcast, init_dit_weights, modulate, sincos_1d
+from .dit import Attention, CrossMlpTail, DiT, DiTBlock, FinalLayer, _bcast, init_dit_weights, modulate, sincos_1d
 
 VARIANTS = ("interleaved", "late_fusion", "factorised", "joint")
 
 
-class FactorisedBlock(nn.Module):
+class FactorisedBlock(CrossMlpTail):
     """Latte Variant 3: spatial attention, temporal attention and MLP inside one adaLN-Zero block.
 
     Tokens ``(B, T, N, D)``. Each of the three sub-layers has its own shift / scale / gate.
@@ -45,12 +45,7 @@ class FactorisedBlock(nn.Module):
         self.attn_s = Attention(dim, heads)
         self.norm_t = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn_t = Attention(dim, heads)
-        self.cross = None
-        if context_dim is not None:
-            self.norm_cross = nn.LayerNorm(dim, eps=1e-6)
-            self.cross = Attention(dim, heads, context_dim=context_dim)
-        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.build_tail(dim, heads, mlp_ratio, context_dim)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 9 * dim))
 
     def spatial(self, x: Tensor, mods: list[Tensor]) -> Tensor:
@@ -68,10 +63,7 @@ class FactorisedBlock(nn.Module):
         x = self.spatial(x, mods)
         if not independent_frames:
             x = self.temporal(x, mods)
-        if self.cross is not None and context is not None:
-            x = x + self.cross(self.norm_cross(x), context, context_mask)
-        shift, scale, gate = mods[6:9]
-        return x + gate * self.mlp(modulate(self.norm2(x), shift, scale))
+        return self.tail(x, context, context_mask, *mods[6:9])
 
 
 class VideoDiT(DiT):
