@@ -9,7 +9,8 @@ from kakusan.errors import UserError
 from lightning_modules.callbacks.video_logger import save_video_samples, wandb_video
 from lightning_modules.metrics.video import (FrechetVideoDistance, RandomConv3dExtractor, center_digits,
                                              compute_fvd, digit_agreement_by_distance, digit_consistency,
-                                             frechet_distance, resolve_i3d_path, temporal_change, video_metrics)
+                                             digit_motion, frechet_distance, ink_centres, resolve_i3d_path,
+                                             temporal_change, video_metrics)
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +99,31 @@ def test_digit_agreement_by_distance_separates_drift_from_unreadable_frames():
     assert out["video/digit_agreement_ends_real"] == pytest.approx(float(steady[-1]))
     with pytest.raises(ValueError, match="at least 2 frames"):
         digit_agreement_by_distance(real[:, :1])
+
+
+def test_digit_motion_tracks_speed_and_separates_smooth_from_jittery_motion():
+    # a 3x3 square moving (1, 2) px per frame: speed sqrt(5), no jerk; the track is its centre
+    clip = torch.full((1, 5, 1, 24, 24), -1.0)
+    for t in range(5):
+        clip[0, t, 0, 2 + t:5 + t, 3 + 2 * t:6 + 2 * t] = 1.0
+    assert torch.allclose(ink_centres(clip[0]), torch.tensor([[3.0 + t, 4.0 + 2 * t] for t in range(5)]))
+    speed, jerk = digit_motion(clip)
+    assert speed.item() == pytest.approx(5 ** 0.5, abs=1e-5) and jerk.item() == pytest.approx(0.0, abs=1e-5)
+    real = MovingMNISTDataModule(num_train=8, num_val=64, frames=8, image_size=32, digit_size=20, speed=1.0,
+                                 batch_size=8).real_samples(64, "val")
+    speed, jerk = digit_motion(real)
+    assert speed.shape == jerk.shape == (64,)
+    assert float(speed.mean()) == pytest.approx(1.0, abs=0.2)  # the data's 1 px per frame (whole-pixel rendering)
+    frozen_speed, frozen_jerk = digit_motion(real[:, :1].expand_as(real))
+    assert torch.equal(frozen_speed, torch.zeros(64)) and torch.equal(frozen_jerk, torch.zeros(64))
+    jumbled = real[:, torch.tensor([0, 4, 1, 6, 2, 7, 3, 5])]  # the same frames out of order: jumps back and forth
+    assert float(digit_motion(jumbled)[1].mean()) > 3 * float(jerk.mean())
+    out = video_metrics(jumbled, real, fid_extractor="digits", fvd_extractor=None)
+    assert out["video/digit_speed_real"] == pytest.approx(float(speed.mean()))
+    assert out["video/digit_jerk_fake"] > out["video/digit_jerk_real"]
+    assert ink_centres(torch.full((1, 1, 8, 8), -1.0)).tolist() == [[3.5, 3.5]]  # blank: the image centre
+    with pytest.raises(ValueError, match="T>=3"):
+        digit_motion(real[:, :2])
 
 
 def test_center_digits_moves_the_ink_to_the_middle():

@@ -247,7 +247,9 @@ class VideoMetricsCallback(ScheduledMetric):
     change: flicker or freezing), with ``fid_extractor=digits`` also ``video/digit_consistency_fake`` /
     ``_real`` (the share of a clip's frames that keep its digit) and ``video/digit_agreement_next_*`` /
     ``_ends_*`` (labels agreeing between neighbouring frames / the first and last frame: unreadable
-    glyphs against drift), and ``video/fvd_<fvd_extractor>`` (``random3d``: a fixed random 3-D
+    glyphs against drift), ``video/digit_speed_*`` / ``video/digit_jerk_*`` (the digit's centre of
+    mass: pixels moved per frame, and the change of that step, i.e. motion against freezing and
+    smooth motion against jitter), and ``video/fvd_<fvd_extractor>`` (``random3d``: a fixed random 3-D
     conv net, for comparing runs of this project; ``i3d``: the TorchScript I3D at ``i3d_path``, a
     clear error before training when the file is missing). ``None`` skips FID or FVD. Samples are
     seeded, so the same checkpoint gives the same numbers. Runs on rank 0 only.

@@ -8,6 +8,9 @@
 - **Digit consistency** (Moving MNIST): the fraction of a clip's frames the MNIST classifier gives
   the clip's most frequent label; it falls when a digit changes shape as it moves, which neither
   frame FID (frames judged alone) nor the frame-to-frame change (amount of motion) can see.
+- **Digit motion** (Moving MNIST): the digit's ink centre of mass tracked over the frames; its
+  mean displacement per frame (does the digit move as fast as real ones?) and the mean change of
+  that displacement (jerk: does it move smoothly or jitter?).
 - **FVD** (Unterthiner et al. 2018): Fréchet distance between Gaussians fitted to video features.
   The feature extractor is pluggable: ``i3d`` loads a TorchScript I3D (the file StyleGAN-V
   distributes, ``i3d_torchscript.pt``) from a local path only; ``random3d`` is a fixed random
@@ -174,15 +177,38 @@ def temporal_change(clips: Tensor) -> Tensor:
     return (clips[:, 1:] - clips[:, :-1]).abs().float().mean(dim=(1, 2, 3, 4)) / 2.0
 
 
+def ink_centres(frames: Tensor) -> Tensor:
+    """Centre of mass ``(y, x)`` in pixels of each frame's ink, for frames ``(M, 1, H, W)`` in [-1, 1]
+    (background -1): ``(M, 2)``. A blank frame gives the image centre."""
+    _, _, h, w = frames.shape
+    ink = (frames.float() + 1).clamp(min=0) / 2
+    mass = ink.sum((1, 2, 3))
+    ys, xs = torch.arange(h, dtype=ink.dtype), torch.arange(w, dtype=ink.dtype)
+    centre = torch.tensor([(h - 1) / 2, (w - 1) / 2], dtype=ink.dtype)
+    cy = (ink.sum((1, 3)) * ys).sum(-1) / mass.clamp(min=1e-6)
+    cx = (ink.sum((1, 2)) * xs).sum(-1) / mass.clamp(min=1e-6)
+    return torch.where((mass > 1e-6)[:, None], torch.stack([cy, cx], 1), centre)
+
+
+def digit_motion(clips: Tensor) -> tuple[Tensor, Tensor]:
+    """How a single digit moves through clips ``(N, T, 1, H, W)``, from its ink's centre of mass per
+    frame: ``(speed, jerk)``, each ``(N,)`` in pixels. ``speed`` is the mean displacement per frame
+    (0 for a frozen clip); ``jerk`` the mean size of the change of that displacement (second
+    difference): 0 for uniform motion, large for a digit that jitters or jumps. A bounce off the
+    border gives real clips some jerk too, so compare with the real clips' values."""
+    if clips.ndim != 5 or clips.shape[2] != 1 or clips.shape[1] < 3:
+        raise ValueError(f"digit motion needs single-channel clips (N, T>=3, 1, H, W), got {tuple(clips.shape)}")
+    n, t = clips.shape[:2]
+    track = ink_centres(clips.flatten(0, 1)).reshape(n, t, 2)
+    step = track[:, 1:] - track[:, :-1]
+    return step.norm(dim=-1).mean(1), (step[:, 1:] - step[:, :-1]).norm(dim=-1).mean(1)
+
+
 def center_digits(frames: Tensor) -> Tensor:
     """Shift each frame ``(M, 1, H, W)`` in [-1, 1] by whole pixels so that its ink's centre of mass is at
     the centre (MNIST's own preprocessing), padding with background; blank frames are left as they are."""
     m, _, h, w = frames.shape
-    ink = (frames.float() + 1).clamp(min=0) / 2
-    mass = ink.sum((1, 2, 3)).clamp(min=1e-6)
-    ys, xs = torch.arange(h, dtype=ink.dtype), torch.arange(w, dtype=ink.dtype)
-    cy = (ink.sum((1, 3)) * ys).sum(-1) / mass
-    cx = (ink.sum((1, 2)) * xs).sum(-1) / mass
+    cy, cx = ink_centres(frames).unbind(1)
     dy = ((h - 1) / 2 - cy).round().long().clamp(-h + 1, h - 1)
     dx = ((w - 1) / 2 - cx).round().long().clamp(-w + 1, w - 1)
     padded = F.pad(frames.float(), (w, w, h, h), value=-1.0)[:, 0]  # (M, 3H, 3W)
@@ -276,6 +302,10 @@ def video_metrics(fake: Tensor, real: Tensor, fid_extractor: str | None = "digit
                 agree = _agreement(labels)
                 out[f"video/digit_agreement_next_{name}"] = agree[0].item()
                 out[f"video/digit_agreement_ends_{name}"] = agree[-1].item()
+            if labels.shape[1] > 2:  # does the digit move, and smoothly? (centre-of-mass track)
+                speed, jerk = digit_motion(clips)
+                out[f"video/digit_speed_{name}"] = speed.mean().item()
+                out[f"video/digit_jerk_{name}"] = jerk.mean().item()
     if fvd_extractor is not None:
         name = fvd_extractor if isinstance(fvd_extractor, str) else "custom"
         out[f"video/fvd_{name}"] = compute_fvd(fake, real, fvd_extractor, i3d_path=i3d_path, cache_dir=cache_dir)
