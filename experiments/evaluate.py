@@ -5,7 +5,11 @@ them with the real data of the checkpoint's own datamodule and writes ``summary.
 and ``samples/evaluate.png`` into this evaluation's run folder; the numbers also go to W&B.
 
 Metrics: ``fid_digits`` (MNIST classifier features; digits only), ``fid_inception`` and ``kid_inception``
-(clean-fid protocol), ``class_accuracy`` (class-conditional digit models), ``clip_score`` (text models).
+(clean-fid protocol), ``class_accuracy`` (class-conditional digit models; for clips, the share of frames
+showing the requested digit), ``clip_score`` (text models), ``video`` (video models: every number of
+:func:`lightning_modules.metrics.video.video_metrics`, i.e. frame FID, frame change, digit consistency,
+agreement and motion, FVD; extractors under ``video.*``). A video checkpoint also gets GIFs and a
+filmstrip of its first clips in ``samples/``.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from lightning_modules.metrics.fid import (extract_features, feature_stats, frec
 from lightning_modules.metrics.reference_stats import real_images, reference_stats
 
 log = logging.getLogger("kakusan.evaluate")
-METRICS = ("fid_digits", "fid_inception", "kid_inception", "class_accuracy", "clip_score")
+METRICS = ("fid_digits", "fid_inception", "kid_inception", "class_accuracy", "clip_score", "video")
 
 
 def _device(name: str) -> torch.device:
@@ -53,6 +57,8 @@ def compute_metrics(cfg: DictConfig, module: Any, datamodule: Any, samples: torc
     out: dict[str, Any] = {}
     real = None
     if any(m.startswith(("fid_", "kid_")) for m in metrics):
+        if samples.ndim == 5:
+            raise UserError("fid_*/kid_* compare images; for a video model use metrics=[video] (frame-wise FID, FVD)")
         real = real_images(datamodule, cfg.real_num_samples, cfg.real_split)
     cache = cfg.paths.cache_dir
     for extractor in ("digits", "inception"):
@@ -76,7 +82,30 @@ def compute_metrics(cfg: DictConfig, module: Any, datamodule: Any, samples: torc
         else:
             from lightning_modules.metrics.digits_classifier import class_accuracy
 
+            if samples.ndim == 5:  # clips: every frame should show the clip's requested digit
+                samples, labels = samples.flatten(0, 1), labels.repeat_interleave(samples.shape[1])
             out["class_accuracy"] = class_accuracy(samples, labels, device=device)
+    if "video" in metrics:
+        out.update(video_numbers(cfg, datamodule, samples))
+    return out
+
+
+def video_numbers(cfg: DictConfig, datamodule: Any, samples: torch.Tensor) -> dict[str, Any]:
+    """:func:`video_metrics` of the sampled clips against real clips of the checkpoint's datamodule."""
+    from lightning_modules.metrics.video import video_metrics
+
+    if samples.ndim != 5:
+        raise UserError(f"metrics=[video] needs a video model (clips (N, T, C, H, W)); samples are "
+                        f"{tuple(samples.shape)}")
+    real = real_images(datamodule, cfg.real_num_samples, cfg.real_split).float()
+    if real.shape[1:] != samples.shape[1:]:
+        raise UserError(f"generated clips {tuple(samples.shape[1:])} and real clips {tuple(real.shape[1:])} differ "
+                        f"in shape; check the checkpoint's data config")
+    t0 = time.perf_counter()
+    out: dict[str, Any] = video_metrics(samples, real, cfg.video.fid_extractor, cfg.video.fvd_extractor,
+                                        cfg.video.i3d_path, cfg.paths.cache_dir)
+    out["time/video_s"] = round(time.perf_counter() - t0, 2)
+    out["real_num_samples/video"] = int(len(real))
     return out
 
 
@@ -112,6 +141,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if f"fid_{extractor}" in metrics or f"kid_{extractor}" in metrics or (
                 extractor == "digits" and "class_accuracy" in metrics):
             prepare_extractor(extractor, device)
+    if "video" in metrics:  # likewise the video extractors
+        if cfg.video.fid_extractor:
+            prepare_extractor(cfg.video.fid_extractor, device)
+        if cfg.video.fvd_extractor == "i3d":
+            from lightning_modules.metrics.video import resolve_i3d_path
+
+            resolve_i3d_path(cfg.video.i3d_path, cfg.paths.cache_dir)
     module, mcfg = load_module(cfg.ckpt_path, device)
     meta = read_checkpoint(cfg.ckpt_path).get("kakusan") or {}
     datamodule = load_datamodule(mcfg)
@@ -139,6 +175,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             if cfg.save_grid and samples.ndim == 4:
                 nrow = getattr(module, "num_classes", None) or None
                 save_grid(samples[: cfg.save_grid], run_dir / "samples" / "evaluate.png", nrow=nrow, scale=2)
+            elif cfg.save_grid and samples.ndim == 5:
+                from lightning_modules.callbacks.video_logger import save_video_samples
+
+                save_video_samples(samples[: min(cfg.save_grid, 16)], run_dir / "samples", "evaluate", scale=3,
+                                   per_sample=4)
             values.update(compute_metrics(cfg, module, datamodule, samples, labels, device))
         if "clip_score" in metrics:
             values["clip_score"] = clip_score_of(cfg, module, datamodule, sampler, device)

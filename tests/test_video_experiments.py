@@ -100,21 +100,41 @@ def test_video_metrics_callback_summary_and_seeded_repeat(make_cfg):
 
     cfg = make_cfg(["experiment=video_dit_moving_mnist", "debug=limit", "logger=csv", "model.net.hidden_size=32",
                     "model.net.depth=2", "data.num_train=32", "data.num_val=16", "trainer.max_epochs=1",
-                    "callbacks.video_logger.num_samples=2", "callbacks.video_logger.per_sample=1", "sampler.steps=2"])
+                    "callbacks.video_logger.num_samples=2", "callbacks.video_logger.per_sample=1", "sampler.steps=2",
+                    "callbacks.video_metrics.real_num_samples=16"])
     assert cfg.callbacks.video_metrics.num_samples == 8  # the debug config shrinks it
     assert train(cfg)["status"] == "finished"
     run = Path(cfg.paths.output_dir)
     summary = json.loads((run / "summary.json").read_text())
     keys = ("video/frame_fid_digits", "video/fvd_random3d", "video/temporal_change_fake",
-            "video/temporal_change_real", "video/temporal_change_gap")
+            "video/temporal_change_real", "video/temporal_change_gap", "video/digit_consistency_fake",
+            "video/digit_agreement_next_fake", "video/digit_speed_fake", "video/digit_jerk_fake",
+            "video/digit_speed_real")
     assert all(math.isfinite(summary[k]) for k in keys)
     assert summary["video/temporal_change_real"] > 0 and summary["video/frame_fid_digits"] > 0
+    assert summary["video/digit_speed_real"] > 0.5  # the data's digits move (speed 1 px per frame at 32x32)
     # the numbers come from seeded samples: the checkpoint gives them again
-    module, ckpt_cfg = load_module(run / "checkpoints" / "last.ckpt")
+    ckpt = run / "checkpoints" / "last.ckpt"
+    module, ckpt_cfg = load_module(ckpt)
     cb = hydra.utils.instantiate(cfg.callbacks.video_metrics)
     trainer = SimpleNamespace(datamodule=load_datamodule(ckpt_cfg), is_global_zero=True)
     again = cb.evaluate(trainer, module)
     assert all(again[k] == pytest.approx(summary[k], rel=1e-5) for k in keys)
+    # and so does the evaluate entry point, with the callback's samples, sampler and real clips (the whole
+    # validation split), writing GIFs of the clips it scored
+    from experiments.evaluate import evaluate
+
+    ev = make_cfg([f"ckpt_path={ckpt}", "metrics=[video]", "num_samples=8", "batch_size=8", "seed=0",
+                   "real_split=val", "sampler=ddim", "sampler.steps=2", "sampler.progress=false",
+                   "wandb.enabled=false"], config_name="evaluate", sub="evaluate")
+    result = evaluate(ev)
+    assert all(result[k] == pytest.approx(summary[k], rel=1e-4) for k in keys)
+    assert result["real_num_samples/video"] == 16
+    assert (Path(ev.paths.output_dir) / "samples" / "evaluate_grid.gif").is_file()
+    bad = make_cfg([f"ckpt_path={ckpt}", "metrics=[fid_digits]", "num_samples=2", "batch_size=2", "sampler=ddim",
+                    "sampler.steps=1", "wandb.enabled=false"], config_name="evaluate", sub="evaluate_bad")
+    with pytest.raises(SystemExit):  # a UserError (task wrapper: exit 2): images metrics on clips
+        evaluate(bad)
 
 
 def test_video_metrics_callback_bad_settings(monkeypatch, tmp_path):
