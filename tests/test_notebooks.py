@@ -14,7 +14,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
 def test_there_are_notebooks():
-    assert {p.name for p in NOTEBOOKS} >= {"01_ddpm_and_samplers.ipynb", "02_sweep_report.ipynb"}
+    assert {p.name for p in NOTEBOOKS} >= {"01_ddpm_and_samplers.ipynb", "02_sweep_report.ipynb", "03_video_diagnostics.ipynb"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
