@@ -83,14 +83,18 @@ def compute_metrics(cfg: DictConfig, module: Any, datamodule: Any, samples: torc
             from lightning_modules.metrics.digits_classifier import class_accuracy
 
             if samples.ndim == 5:  # clips: every frame should show the clip's requested digit
-                samples, labels = samples.flatten(0, 1), labels.repeat_interleave(samples.shape[1])
-            out["class_accuracy"] = class_accuracy(samples, labels, device=device)
+                from lightning_modules.metrics.video import frame_class_accuracy
+
+                out["class_accuracy"] = frame_class_accuracy(samples, labels)
+            else:
+                out["class_accuracy"] = class_accuracy(samples, labels, device=device)
     if "video" in metrics:
-        out.update(video_numbers(cfg, datamodule, samples))
+        out.update(video_numbers(cfg, datamodule, samples, labels))
     return out
 
 
-def video_numbers(cfg: DictConfig, datamodule: Any, samples: torch.Tensor) -> dict[str, Any]:
+def video_numbers(cfg: DictConfig, datamodule: Any, samples: torch.Tensor,
+                  labels: torch.Tensor | None) -> dict[str, Any]:
     """:func:`video_metrics` of the sampled clips against real clips of the checkpoint's datamodule."""
     from lightning_modules.metrics.video import video_metrics
 
@@ -103,7 +107,7 @@ def video_numbers(cfg: DictConfig, datamodule: Any, samples: torch.Tensor) -> di
                         f"in shape; check the checkpoint's data config")
     t0 = time.perf_counter()
     out: dict[str, Any] = video_metrics(samples, real, cfg.video.fid_extractor, cfg.video.fvd_extractor,
-                                        cfg.video.i3d_path, cfg.paths.cache_dir)
+                                        cfg.video.i3d_path, cfg.paths.cache_dir, fake_labels=labels)
     out["time/video_s"] = round(time.perf_counter() - t0, 2)
     out["real_num_samples/video"] = int(len(real))
     return out

@@ -101,7 +101,9 @@ def test_video_metrics_callback_summary_and_seeded_repeat(make_cfg):
     cfg = make_cfg(["experiment=video_dit_moving_mnist", "debug=limit", "logger=csv", "model.net.hidden_size=32",
                     "model.net.depth=2", "data.num_train=32", "data.num_val=16", "trainer.max_epochs=1",
                     "callbacks.video_logger.num_samples=2", "callbacks.video_logger.per_sample=1", "sampler.steps=2",
-                    "callbacks.video_metrics.real_num_samples=16"])
+                    "callbacks.video_metrics.real_num_samples=16",
+                    # class-conditional, so that evaluate's class_accuracy on clips runs beside the video metrics
+                    "data.conditional=true", "model.num_classes=10", "model.cond_drop_prob=0.1"])
     assert cfg.callbacks.video_metrics.num_samples == 8  # the debug config shrinks it
     assert train(cfg)["status"] == "finished"
     run = Path(cfg.paths.output_dir)
@@ -112,7 +114,7 @@ def test_video_metrics_callback_summary_and_seeded_repeat(make_cfg):
             "video/digit_speed_real")
     assert all(math.isfinite(summary[k]) for k in keys)
     assert summary["video/temporal_change_real"] > 0 and summary["video/frame_fid_digits"] > 0
-    assert summary["video/digit_speed_real"] > 0.5  # the data's digits move (speed 1 px per frame at 32x32)
+    assert summary["video/digit_speed_real"] > 0.5  # the data's digits move (1 px per frame)
     # the numbers come from seeded samples: the checkpoint gives them again
     ckpt = run / "checkpoints" / "last.ckpt"
     module, ckpt_cfg = load_module(ckpt)
@@ -124,12 +126,22 @@ def test_video_metrics_callback_summary_and_seeded_repeat(make_cfg):
     # validation split), writing GIFs of the clips it scored
     from experiments.evaluate import evaluate
 
-    ev = make_cfg([f"ckpt_path={ckpt}", "metrics=[video]", "num_samples=8", "batch_size=8", "seed=0",
+    ev = make_cfg([f"ckpt_path={ckpt}", "metrics=[class_accuracy,video]", "num_samples=8", "batch_size=8", "seed=0",
                    "real_split=val", "sampler=ddim", "sampler.steps=2", "sampler.progress=false",
                    "wandb.enabled=false"], config_name="evaluate", sub="evaluate")
     result = evaluate(ev)
     assert all(result[k] == pytest.approx(summary[k], rel=1e-4) for k in keys)
     assert result["real_num_samples/video"] == 16
+    # class_accuracy on clips: every frame of a clip scored against the clip's requested digit (labels
+    # cycle 0-9), as the callback's video/class_accuracy does
+    from lightning_modules.callbacks.metrics import draw_samples
+    from lightning_modules.metrics.video import _frame_digit_labels
+
+    clips, labels = draw_samples(module, 8, 8, 0, hydra.utils.instantiate(ev.sampler), progress=False)
+    assert labels.tolist() == list(range(8))
+    frames_right = (_frame_digit_labels(clips) == labels[:, None]).float().mean().item()
+    assert result["class_accuracy"] == pytest.approx(frames_right)
+    assert summary["video/class_accuracy"] == pytest.approx(frames_right) == result["video/class_accuracy"]
     assert (Path(ev.paths.output_dir) / "samples" / "evaluate_grid.gif").is_file()
     bad = make_cfg([f"ckpt_path={ckpt}", "metrics=[fid_digits]", "num_samples=2", "batch_size=2", "sampler=ddim",
                     "sampler.steps=1", "wandb.enabled=false"], config_name="evaluate", sub="evaluate_bad")

@@ -249,7 +249,8 @@ class VideoMetricsCallback(ScheduledMetric):
     ``_ends_*`` (labels agreeing between neighbouring frames / the first and last frame: unreadable
     glyphs against drift), ``video/digit_speed_*`` / ``video/digit_jerk_*`` (the digit's centre of
     mass: pixels moved per frame, and the change of that step, i.e. motion against freezing and
-    smooth motion against jitter), and ``video/fvd_<fvd_extractor>`` (``random3d``: a fixed random 3-D
+    smooth motion against jitter), ``video/class_accuracy`` for class-conditional models (frames showing
+    the requested digit), and ``video/fvd_<fvd_extractor>`` (``random3d``: a fixed random 3-D
     conv net, for comparing runs of this project; ``i3d``: the TorchScript I3D at ``i3d_path``, a
     clear error before training when the file is missing). ``None`` skips FID or FVD. Samples are
     seeded, so the same checkpoint gives the same numbers. Runs on rank 0 only.
@@ -296,12 +297,13 @@ class VideoMetricsCallback(ScheduledMetric):
         if dm is None or not hasattr(dm, "real_samples"):
             raise UserError("VideoMetricsCallback needs a datamodule with real_samples(num, split)")
         real = dm.real_samples(self.real_num, self.real_split).float()
-        fake, _ = draw_samples(pl_module, self.num_samples, self.batch_size, self.seed, self.sampler,
-                               progress=trainer.is_global_zero)
+        fake, labels = draw_samples(pl_module, self.num_samples, self.batch_size, self.seed, self.sampler,
+                                    progress=trainer.is_global_zero)
         if fake.shape[1:] != real.shape[1:]:
             raise UserError(f"generated clips {tuple(fake.shape[1:])} and real clips {tuple(real.shape[1:])} differ "
                             f"in shape; check model.sample_shape / data_shape against the data config")
-        self.last = video_metrics(fake, real, self.fid_extractor, self.fvd_extractor, self.i3d_path, self.cache_dir)
+        self.last = video_metrics(fake, real, self.fid_extractor, self.fvd_extractor, self.i3d_path, self.cache_dir,
+                                  fake_labels=labels)
         return self.last
 
     def _report(self, trainer: pl.Trainer, pl_module: pl.LightningModule, use_log: bool) -> None:

@@ -254,6 +254,19 @@ def _consistency(labels: Tensor) -> Tensor:
     return counts.amax(1).float() / labels.shape[1]
 
 
+def frame_class_accuracy(clips: Tensor, labels: Tensor, batch_size: int = 512) -> float:
+    """Share of all frames of class-conditional clips ``(N, T, 1, H, W)`` that the MNIST classifier
+    (frames sized and centred as for :func:`digit_consistency`) reads as their clip's requested
+    digit ``labels`` ``(N,)``."""
+    if len(labels) != len(clips):
+        raise ValueError(f"{len(clips)} clips but {len(labels)} labels")
+    return _requested_share(_frame_digit_labels(clips, batch_size), labels)
+
+
+def _requested_share(frame_labels: Tensor, requested: Tensor) -> float:
+    return (frame_labels == requested.cpu().long()[:, None]).float().mean().item()
+
+
 def digit_agreement_by_distance(clips: Tensor, batch_size: int = 512) -> Tensor:
     """Share of frame pairs ``(i, i + d)`` whose digit labels agree, for ``d = 1 .. T-1``: ``(T-1,)``.
 
@@ -287,8 +300,10 @@ def frame_fid(fake: Tensor, real: Tensor, extractor: str = "digits", batch_size:
 
 def video_metrics(fake: Tensor, real: Tensor, fid_extractor: str | None = "digits",
                   fvd_extractor: str | VideoExtractor | None = "random3d", i3d_path: str | None = None,
-                  cache_dir: str | None = None) -> dict[str, float]:
-    """All video metrics for generated ``fake`` and ``real`` clips; ``None`` skips FID or FVD."""
+                  cache_dir: str | None = None, fake_labels: Tensor | None = None) -> dict[str, float]:
+    """All video metrics for generated ``fake`` and ``real`` clips; ``None`` skips FID or FVD.
+    ``fake_labels``: the digits the clips were asked for (class-conditional models), scored with
+    the digit metrics as ``video/class_accuracy``."""
     tc_fake, tc_real = temporal_change(fake).mean().item(), temporal_change(real).mean().item()
     out = {"video/temporal_change_fake": tc_fake, "video/temporal_change_real": tc_real,
            "video/temporal_change_gap": abs(tc_fake - tc_real)}
@@ -296,8 +311,10 @@ def video_metrics(fake: Tensor, real: Tensor, fid_extractor: str | None = "digit
         out[f"video/frame_fid_{fid_extractor}"] = frame_fid(fake, real, fid_extractor)
     if fid_extractor == "digits":  # the frames are digits: does each clip keep its digit?
         for name, clips in (("fake", fake), ("real", real)):
-            labels = _frame_digit_labels(clips)  # classify every frame once for both scores
+            labels = _frame_digit_labels(clips)  # classify every frame once for all scores
             out[f"video/digit_consistency_{name}"] = _consistency(labels).mean().item()
+            if name == "fake" and fake_labels is not None:  # frames showing the requested digit
+                out["video/class_accuracy"] = _requested_share(labels, fake_labels)
             if labels.shape[1] > 1:  # neighbouring frames and the first against the last
                 agree = _agreement(labels)
                 out[f"video/digit_agreement_next_{name}"] = agree[0].item()
