@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .diffusion.ema import EMA
-from .diffusion.guidance import guided_model_fn
+from .diffusion.guidance import check_guidance_interval, guided_model_fn
 from .diffusion.losses import WEIGHTINGS, diffusion_loss, loss_weight
 from .diffusion.parameterization import check_prediction_type, training_target
 from .diffusion.samplers.base import Sampler, StepHook
@@ -55,6 +55,8 @@ class DiffusionModule(pl.LightningModule):
         cond_drop_prob: probability of replacing the condition by the null condition in training
             (classifier-free guidance needs it > 0).
         guidance_scale: default guidance scale for ``sample()``.
+        guidance_interval: ``[lo, hi]`` timesteps (inclusive) where guidance acts; the plain conditional
+            model elsewhere (Kynkäänniemi et al. 2024). ``None``: every step.
         sample_shape: shape of one sample in model space, e.g. ``[1, 32, 32]``.
         compile: ``torch.compile`` the network in place (state-dict keys unchanged).
         channels_last: keep 4-D activations in channels-last memory format (faster convs on GPUs).
@@ -67,6 +69,7 @@ class DiffusionModule(pl.LightningModule):
                  prediction_type: str = "eps", loss_weighting: str = "uniform", min_snr_gamma: float = 5.0,
                  loss_type: str = "mse", ema_decay: float | None = 0.999, ema_warmup: bool = True,
                  num_classes: int | None = None, cond_drop_prob: float = 0.0, guidance_scale: float = 1.0,
+                 guidance_interval: list[int] | tuple[int, int] | None = None,
                  sample_shape: list[int] | tuple[int, ...] | None = None, val_timesteps_seed: int = 1234,
                  compile: bool = False, channels_last: bool = False, nonfinite: str = "stop") -> None:
         super().__init__()
@@ -82,6 +85,8 @@ class DiffusionModule(pl.LightningModule):
         self.prediction_type, self.loss_weighting, self.min_snr_gamma = prediction_type, loss_weighting, min_snr_gamma
         self.loss_type = loss_type
         self.num_classes, self.cond_drop_prob, self.guidance_scale = num_classes, cond_drop_prob, guidance_scale
+        self.guidance_interval = check_guidance_interval(
+            list(guidance_interval) if guidance_interval is not None else None, schedule.num_timesteps)
         self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
         self.val_timesteps_seed = val_timesteps_seed
         if nonfinite not in NONFINITE_POLICIES:
@@ -227,7 +232,8 @@ class DiffusionModule(pl.LightningModule):
         null = self.null_conditions(cond) if scale != 1.0 else None
         if scale != 1.0 and null is None:
             raise ValueError(f"guidance_scale={scale} needs a conditional model and a condition to guide with")
-        return guided_model_fn(lambda x, t, **c: self.denoiser(x, t, **c), cond, null, scale)
+        return guided_model_fn(lambda x, t, **c: self.denoiser(x, t, **c), cond, null, scale,
+                               interval=self.guidance_interval)
 
     @property
     def bounded_model_space(self) -> bool:

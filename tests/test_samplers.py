@@ -217,3 +217,55 @@ def test_guidance_fused_batch_equals_separate(cond_net):
     runs = [DDIMSampler(5, progress=False).sample(guided_model_fn(cond_net, {"y": y}, null, 2.0, fuse_batches=f),
                                                   schedule, (3, 1, 8, 8), "eps", gen(9)) for f in (True, False)]
     assert torch.allclose(runs[0], runs[1], atol=1e-4)
+
+
+def test_guidance_interval_guides_only_inside_it(cond_net):
+    """Kynkäänniemi et al. 2024: u + s (c - u) for lo <= t <= hi, the conditional model c elsewhere."""
+    x, y = torch.randn(3, 1, 8, 8, generator=gen(10)), torch.tensor([1, 2, 3])
+    null = {"y": torch.full_like(y, -1)}
+    calls = []
+
+    def counting_net(x, t, **c):
+        calls.append(len(x))
+        return cond_net(x, t, **c)
+
+    with torch.no_grad():
+        t = torch.tensor([5, 500, 900])  # one timestep below the interval, two inside
+        mixed = guided_model_fn(cond_net, {"y": y}, null, 3.0, interval=[400, 900])(x, t)
+        c, u = cond_net(x, t, y=y), cond_net(x, t, **null)
+        expected = torch.where(torch.tensor([False, True, True]).view(3, 1, 1, 1), u + 3.0 * (c - u), c)
+        assert torch.allclose(mixed, expected, atol=1e-6)
+        assert not torch.allclose(mixed, u + 3.0 * (c - u), atol=1e-3)  # the row outside really differs
+        # a batch wholly outside the interval is the plain conditional model, at one network call
+        low = torch.full((3,), 100)
+        fn = guided_model_fn(counting_net, {"y": y}, null, 3.0, interval=[400, 900])
+        calls.clear()
+        assert torch.equal(fn(x, low), cond_net(x, low, y=y)) and calls == [3]
+        # wholly inside: exactly guidance without an interval
+        high = torch.full((3,), 600)
+        assert torch.equal(fn(x, high), guided_model_fn(cond_net, {"y": y}, null, 3.0)(x, high))
+        # [0, T-1] is every step
+        whole = guided_model_fn(cond_net, {"y": y}, null, 3.0, interval=[0, 999])(x, t)
+        assert torch.allclose(whole, u + 3.0 * (c - u), atol=1e-6)
+    for bad in ([5], [10, 5], [-1, 3], [0.5, 3]):
+        with pytest.raises(ValueError, match="guidance_interval"):
+            guided_model_fn(cond_net, {"y": y}, null, 3.0, interval=bad)
+
+
+def test_module_guidance_interval_checked_against_schedule_and_used_in_sampling(cond_net):
+    from lightning_modules.diffusion_module import DiffusionModule
+
+    def module(interval):
+        return DiffusionModule(net=cond_net, schedule=NoiseSchedule("linear", 100), optimizer=torch.optim.AdamW,
+                               sampler=DDIMSampler(5, progress=False), num_classes=4, cond_drop_prob=0.1,
+                               guidance_scale=3.0, guidance_interval=interval, sample_shape=[1, 8, 8], ema_decay=None)
+
+    with pytest.raises(ValueError, match="< 100"):
+        module([50, 100])  # the schedule has timesteps 0..99
+    y = {"y": torch.tensor([0, 1])}
+    draw = lambda m: m.sample(2, cond=y, generator=gen(11))  # noqa: E731
+    limited, everywhere, none = module([50, 99]), module(None), module([0, 99])
+    assert limited.guidance_interval == (50, 99)
+    assert torch.equal(draw(none), draw(everywhere))  # the whole range is plain guidance
+    assert not torch.allclose(draw(limited), draw(everywhere), atol=1e-4)  # the low-noise steps went unguided
+    assert torch.equal(draw(limited), draw(limited))
