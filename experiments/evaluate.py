@@ -51,14 +51,24 @@ def _check_metrics(metrics: list[str]) -> None:
                         f"e.g. metrics=[fid_digits,class_accuracy]")
 
 
+def check_model_kind(module: Any, metrics: list[str]) -> None:
+    """Image metrics need an image model and ``video`` a video model: say so before any sampling."""
+    from lightning_modules.video_diffusion import VideoDiffusionModule
+
+    is_video = isinstance(module, VideoDiffusionModule)
+    if is_video and any(m.startswith(("fid_", "kid_")) for m in metrics):
+        raise UserError("fid_*/kid_* compare images and this is a video model: use metrics=[video] (frame-wise "
+                        "FID, FVD and the other video numbers), with class_accuracy for class-conditional clips")
+    if not is_video and "video" in metrics:
+        raise UserError(f"metrics=[video] needs a video model; {type(module).__name__} makes images")
+
+
 def compute_metrics(cfg: DictConfig, module: Any, datamodule: Any, samples: torch.Tensor,
                     labels: torch.Tensor | None, device: torch.device) -> dict[str, Any]:
     metrics = list(cfg.metrics)
     out: dict[str, Any] = {}
     real = None
     if any(m.startswith(("fid_", "kid_")) for m in metrics):
-        if samples.ndim == 5:
-            raise UserError("fid_*/kid_* compare images; for a video model use metrics=[video] (frame-wise FID, FVD)")
         real = real_images(datamodule, cfg.real_num_samples, cfg.real_split)
     cache = cfg.paths.cache_dir
     for extractor in ("digits", "inception"):
@@ -98,9 +108,6 @@ def video_numbers(cfg: DictConfig, datamodule: Any, samples: torch.Tensor,
     """:func:`video_metrics` of the sampled clips against real clips of the checkpoint's datamodule."""
     from lightning_modules.metrics.video import video_metrics
 
-    if samples.ndim != 5:
-        raise UserError(f"metrics=[video] needs a video model (clips (N, T, C, H, W)); samples are "
-                        f"{tuple(samples.shape)}")
     real = real_images(datamodule, cfg.real_num_samples, cfg.real_split).float()
     if real.shape[1:] != samples.shape[1:]:
         raise UserError(f"generated clips {tuple(samples.shape[1:])} and real clips {tuple(real.shape[1:])} differ "
@@ -153,6 +160,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
             resolve_i3d_path(cfg.video.i3d_path, cfg.paths.cache_dir)
     module, mcfg = load_module(cfg.ckpt_path, device)
+    check_model_kind(module, metrics)
     meta = read_checkpoint(cfg.ckpt_path).get("kakusan") or {}
     datamodule = load_datamodule(mcfg)
     sampler = hydra.utils.instantiate(cfg.sampler) if cfg.get("sampler") else None

@@ -84,3 +84,13 @@ def test_evaluate_rejects_unknown_metric(tiny_run, make_cfg):
         evaluate(cfg)
     assert e.value.code == 2
     assert "fid_typo" in read_summary(cfg.paths.output_dir)["error"]
+
+
+def test_evaluate_video_metric_on_an_image_model_is_a_clear_error(tiny_run, make_cfg):
+    cfg = make_cfg([f"ckpt_path={tiny_run / 'checkpoints' / 'last.ckpt'}", "metrics=[video]", "num_samples=2",
+                    "wandb.enabled=false"], config_name="evaluate", sub="video_on_images")
+    with pytest.raises(SystemExit) as e:  # before any sampling
+        evaluate(cfg)
+    assert e.value.code == 2
+    assert "needs a video model" in read_summary(cfg.paths.output_dir)["error"]
+    assert not (Path(cfg.paths.output_dir) / "samples").exists()

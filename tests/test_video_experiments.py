@@ -145,8 +145,10 @@ def test_video_metrics_callback_summary_and_seeded_repeat(make_cfg):
     assert (Path(ev.paths.output_dir) / "samples" / "evaluate_grid.gif").is_file()
     bad = make_cfg([f"ckpt_path={ckpt}", "metrics=[fid_digits]", "num_samples=2", "batch_size=2", "sampler=ddim",
                     "sampler.steps=1", "wandb.enabled=false"], config_name="evaluate", sub="evaluate_bad")
-    with pytest.raises(SystemExit):  # a UserError (task wrapper: exit 2): images metrics on clips
+    with pytest.raises(SystemExit):  # a UserError (task wrapper: exit 2): image metrics on clips, before sampling
         evaluate(bad)
+    assert "metrics=[video]" in json.loads((Path(bad.paths.output_dir) / "summary.json").read_text())["error"]
+    assert not (Path(bad.paths.output_dir) / "samples").exists()
 
 
 def test_video_metrics_callback_bad_settings(monkeypatch, tmp_path):
