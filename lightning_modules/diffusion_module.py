@@ -85,8 +85,7 @@ class DiffusionModule(pl.LightningModule):
         self.prediction_type, self.loss_weighting, self.min_snr_gamma = prediction_type, loss_weighting, min_snr_gamma
         self.loss_type = loss_type
         self.num_classes, self.cond_drop_prob, self.guidance_scale = num_classes, cond_drop_prob, guidance_scale
-        self.guidance_interval = check_guidance_interval(
-            list(guidance_interval) if guidance_interval is not None else None, schedule.num_timesteps)
+        self.guidance_interval = check_guidance_interval(guidance_interval, schedule.num_timesteps)
         self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
         self.val_timesteps_seed = val_timesteps_seed
         if nonfinite not in NONFINITE_POLICIES:

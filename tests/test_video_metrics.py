@@ -154,3 +154,9 @@ def test_gif_filmstrip_and_wandb_video_written(tmp_path, clips):
     assert sorted(p.name for p in (tmp_path / "samples" / "final").iterdir()) == ["00.gif", "01.gif"]
     video = wandb_video(train[:5], paths["grid_gif"], fps=5)
     assert type(video).__name__ == "Video"
+
+
+def test_video_metrics_reject_clips_of_another_shape(clips):
+    train, val = clips
+    with pytest.raises(UserError, match="differ in shape"):
+        video_metrics(train[:, :4], val, fid_extractor=None, fvd_extractor=None)

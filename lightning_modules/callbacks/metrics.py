@@ -299,9 +299,6 @@ class VideoMetricsCallback(ScheduledMetric):
         real = dm.real_samples(self.real_num, self.real_split).float()
         fake, labels = draw_samples(pl_module, self.num_samples, self.batch_size, self.seed, self.sampler,
                                     progress=trainer.is_global_zero)
-        if fake.shape[1:] != real.shape[1:]:
-            raise UserError(f"generated clips {tuple(fake.shape[1:])} and real clips {tuple(real.shape[1:])} differ "
-                            f"in shape; check model.sample_shape / data_shape against the data config")
         self.last = video_metrics(fake, real, self.fid_extractor, self.fvd_extractor, self.i3d_path, self.cache_dir,
                                   fake_labels=labels)
         return self.last

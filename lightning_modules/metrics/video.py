@@ -182,11 +182,11 @@ def ink_centres(frames: Tensor) -> Tensor:
     (background -1): ``(M, 2)``. A blank frame gives the image centre."""
     _, _, h, w = frames.shape
     ink = (frames.float() + 1).clamp(min=0) / 2
-    mass = ink.sum((1, 2, 3))
+    mass = ink.sum((1, 2, 3)).clamp(min=1e-6)
     ys, xs = torch.arange(h, dtype=ink.dtype), torch.arange(w, dtype=ink.dtype)
     centre = torch.tensor([(h - 1) / 2, (w - 1) / 2], dtype=ink.dtype)
-    cy = (ink.sum((1, 3)) * ys).sum(-1) / mass.clamp(min=1e-6)
-    cx = (ink.sum((1, 2)) * xs).sum(-1) / mass.clamp(min=1e-6)
+    cy = (ink.sum((1, 3)) * ys).sum(-1) / mass
+    cx = (ink.sum((1, 2)) * xs).sum(-1) / mass
     return torch.where((mass > 1e-6)[:, None], torch.stack([cy, cx], 1), centre)
 
 
@@ -304,6 +304,9 @@ def video_metrics(fake: Tensor, real: Tensor, fid_extractor: str | None = "digit
     """All video metrics for generated ``fake`` and ``real`` clips; ``None`` skips FID or FVD.
     ``fake_labels``: the digits the clips were asked for (class-conditional models), scored with
     the digit metrics as ``video/class_accuracy``."""
+    if fake.shape[1:] != real.shape[1:]:
+        raise UserError(f"generated clips {tuple(fake.shape[1:])} and real clips {tuple(real.shape[1:])} differ "
+                        f"in shape; check model.sample_shape / data_shape against the data config")
     tc_fake, tc_real = temporal_change(fake).mean().item(), temporal_change(real).mean().item()
     out = {"video/temporal_change_fake": tc_fake, "video/temporal_change_real": tc_real,
            "video/temporal_change_gap": abs(tc_fake - tc_real)}
