@@ -120,10 +120,11 @@ class MovingMNISTDataModule(SplitLoadersMixin, pl.LightningDataModule):
             return
         if self.batch_size > self.num_train:
             raise DataError(f"batch_size={self.batch_size} is larger than num_train={self.num_train}")
-        sets = []
+        sets, self._labels = [], {}
         for split in ("train", "val"):
             x, y = self.make_split(split)
             sets.append(TensorDictDataset(x=x, y=y if self.conditional else None))
+            self._labels[split] = y
         self.train_set, self.val_set = sets
 
     def real_samples(self, num: int, split: str = "val") -> Tensor:
@@ -131,3 +132,9 @@ class MovingMNISTDataModule(SplitLoadersMixin, pl.LightningDataModule):
         self.setup()
         ds = self.val_set if split == "val" else self.train_set
         return ds.fields["x"][: min(num, len(ds))].clone()
+
+    def real_labels(self, num: int, split: str = "val") -> Tensor:
+        """The digit labels of :meth:`real_samples` ``(num, split)``, in the same order (also when the
+        clips are not ``conditional``)."""
+        self.setup()
+        return self._labels["val" if split == "val" else "train"][:num].clone()

@@ -32,7 +32,7 @@ from kakusan.wandb_setup import configure_wandb_env, finish_wandb
 from lightning_modules.callbacks.metrics import dataset_name, draw_samples
 from lightning_modules.metrics.fid import (extract_features, feature_stats, frechet_distance, kernel_distance,
                                            prepare_extractor)
-from lightning_modules.metrics.reference_stats import real_images, reference_stats
+from lightning_modules.metrics.reference_stats import real_images, real_labels, reference_stats
 
 log = logging.getLogger("kakusan.evaluate")
 METRICS = ("fid_digits", "fid_inception", "kid_inception", "class_accuracy", "clip_score", "video")
@@ -106,12 +106,16 @@ def compute_metrics(cfg: DictConfig, module: Any, datamodule: Any, samples: torc
 def video_numbers(cfg: DictConfig, datamodule: Any, samples: torch.Tensor,
                   labels: torch.Tensor | None) -> dict[str, Any]:
     """:func:`video_metrics` of the sampled clips against real clips of the checkpoint's datamodule."""
-    from lightning_modules.metrics.video import video_metrics
+    from lightning_modules.metrics.video import video_metrics, write_class_report
 
     real = real_images(datamodule, cfg.real_num_samples, cfg.real_split).float()
+    real_y = real_labels(datamodule, cfg.real_num_samples, cfg.real_split) if labels is not None else None
     t0 = time.perf_counter()
     out: dict[str, Any] = video_metrics(samples, real, cfg.video.fid_extractor, cfg.video.fvd_extractor,
-                                        cfg.video.i3d_path, cfg.paths.cache_dir, fake_labels=labels)
+                                        cfg.video.i3d_path, cfg.paths.cache_dir, fake_labels=labels,
+                                        real_labels=real_y)
+    if labels is not None and cfg.video.fid_extractor == "digits":  # which requested digits hold their shape
+        out["video/by_class"] = write_class_report(cfg.paths.output_dir, samples, labels, real, real_y)
     out["time/video_s"] = round(time.perf_counter() - t0, 2)
     out["real_num_samples/video"] = int(len(real))
     return out

@@ -28,6 +28,22 @@ def test_moving_mnist_deterministic_bounded_and_split_seeds():
     assert batch["x"].shape == (4, 6, 1, 24, 24) and batch["y"].shape == (4,) and a.data_shape == (6, 1, 24, 24)
 
 
+def test_real_labels_follow_the_real_clips_also_in_a_random_subset():
+    from lightning_modules.metrics.reference_stats import real_images, real_labels
+
+    dm = small_mm(num_train=40)  # labels exist whether or not the clips are conditional
+    clips, labels = dm.real_samples(40, "train"), dm.real_labels(40, "train")
+    x, y = dm.make_split("train")
+    assert torch.equal(clips, x) and torch.equal(labels, y) and torch.equal(dm.real_labels(3, "val"), dm.make_split("val")[1][:3])
+    sub_x, sub_y = real_images(dm, 5, "train", seed=3), real_labels(dm, 5, "train", seed=3)
+    assert len(sub_x) == len(sub_y) == 5
+    for clip, label in zip(sub_x, sub_y):
+        j = [i for i in range(40) if torch.equal(clips[i], clip)]
+        assert len(j) == 1 and labels[j[0]] == label
+    assert torch.equal(real_labels(dm, None, "train"), labels)
+    assert real_labels(VideoFolderDataModule.__new__(VideoFolderDataModule), 5) is None  # no labels to give
+
+
 def test_digits_move_at_the_set_speed_and_bounce():
     rng = np.random.default_rng(0)
     traj = bounce_trajectories(rng, 50, 30, 1, box=10.0, speed=1.5)

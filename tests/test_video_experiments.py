@@ -142,7 +142,21 @@ def test_video_metrics_callback_summary_and_seeded_repeat(make_cfg):
     frames_right = (_frame_digit_labels(clips) == labels[:, None]).float().mean().item()
     assert result["class_accuracy"] == pytest.approx(frames_right)
     assert summary["video/class_accuracy"] == pytest.approx(frames_right) == result["video/class_accuracy"]
+    # and the real clips' frames against their own digits: the classifier's ceiling, the same both ways
+    dm = load_datamodule(ckpt_cfg)
+    real_right = (_frame_digit_labels(dm.real_samples(16, "val")) == dm.real_labels(16, "val")[:, None]).float().mean()
+    assert summary["video/class_accuracy_real"] == pytest.approx(real_right.item())
+    assert result["video/class_accuracy_real"] == pytest.approx(real_right.item())
     assert (Path(ev.paths.output_dir) / "samples" / "evaluate_grid.gif").is_file()
+    # the per-class table: one row per requested digit, and its clip-weighted means are the all-clip scores
+    rows = result["video/by_class"]
+    assert [r["class"] for r in rows] == list(range(8)) and all(r["clips"] == 1 for r in rows)
+    assert sum(r["requested_share"] for r in rows) / 8 == pytest.approx(frames_right)
+    assert sum(r["consistency"] for r in rows) / 8 == pytest.approx(summary["video/digit_consistency_fake"])
+    for folder in (run, Path(ev.paths.output_dir)):  # written by the callback and by evaluate, the same
+        table = (folder / "video_by_class.md").read_text().splitlines()
+        assert len(table) == 2 + 8 and table[2].startswith("| 0 | 1 | ")
+    assert (run / "video_by_class.md").read_text() == (Path(ev.paths.output_dir) / "video_by_class.md").read_text()
     bad = make_cfg([f"ckpt_path={ckpt}", "metrics=[fid_digits]", "num_samples=2", "batch_size=2", "sampler=ddim",
                     "sampler.steps=1", "wandb.enabled=false"], config_name="evaluate", sub="evaluate_bad")
     with pytest.raises(SystemExit):  # a UserError (task wrapper: exit 2): image metrics on clips, before sampling

@@ -8,7 +8,7 @@ from datamodules.moving_mnist import MovingMNISTDataModule
 from kakusan.errors import UserError
 from lightning_modules.callbacks.video_logger import save_video_samples, wandb_video
 from lightning_modules.metrics.video import (FrechetVideoDistance, RandomConv3dExtractor, center_digits,
-                                             compute_fvd, digit_agreement_by_distance, digit_consistency,
+                                             class_table_markdown, compute_fvd, digit_scores_by_class, write_class_report, digit_agreement_by_distance, digit_consistency,
                                              digit_motion, frechet_distance, ink_centres, resolve_i3d_path,
                                              temporal_change, video_metrics)
 
@@ -99,6 +99,45 @@ def test_digit_agreement_by_distance_separates_drift_from_unreadable_frames():
     assert out["video/digit_agreement_ends_real"] == pytest.approx(float(steady[-1]))
     with pytest.raises(ValueError, match="at least 2 frames"):
         digit_agreement_by_distance(real[:, :1])
+
+
+def test_digit_scores_by_class_tell_steady_classes_from_drifting_ones(tmp_path):
+    dm = MovingMNISTDataModule(num_train=8, num_val=64, frames=8, image_size=32, digit_size=20, batch_size=8,
+                               conditional=True)
+    real, labels = dm.make_split("val")
+    rows = digit_scores_by_class(real, labels)
+    assert [r["class"] for r in rows] == sorted(set(labels.tolist()))
+    assert sum(r["clips"] for r in rows) == 64
+    # real clips keep their digit; the classifier does not read every real digit right (its ceiling)
+    assert min(r["consistency"] for r in rows) == 1.0 and min(r["agreement_ends"] for r in rows) == 1.0
+    assert 0.6 < sum(r["requested_share"] * r["clips"] for r in rows) / 64 < 1.0
+    # clips asked for digit k that turn into the next clip's digit half-way: k's row drifts, the rest hold
+    k = int(labels[0])
+    drift = real.clone()
+    mine = (labels == k).nonzero().flatten()
+    other = (labels != k).nonzero().flatten()[: len(mine)]
+    drift[mine, 4:] = real[other, 4:]
+    after = {r["class"]: r for r in digit_scores_by_class(drift, labels)}
+    before = {r["class"]: r for r in rows}
+    assert after[k]["agreement_ends"] < before[k]["agreement_ends"] - 0.5
+    assert after[k]["consistency"] < before[k]["consistency"]
+    assert all(after[c] == before[c] for c in before if c != k)
+    table = class_table_markdown(rows).splitlines()
+    assert len(table) == 2 + len(rows) and table[0].startswith("| digit | clips |") and "real" not in table[0]
+    with pytest.raises(ValueError, match="labels"):
+        digit_scores_by_class(real, labels[:3])
+    # the report puts the classifier's reading of the real clips of each digit beside the generated ones
+    report = write_class_report(tmp_path, drift, labels, real, labels)
+    assert [r["real_requested_share"] for r in report] == [r["requested_share"] for r in rows]
+    assert [r["real_clips"] for r in report] == [r["clips"] for r in rows]
+    table = (tmp_path / "video_by_class.md").read_text().splitlines()
+    assert len(table) == 2 + len(rows) and table[0].endswith("real frames showing it |")
+    # the all-clip scores are the clip-weighted means of the rows, for generated and real clips
+    out = video_metrics(drift, real, fid_extractor="digits", fvd_extractor=None, fake_labels=labels,
+                        real_labels=labels)
+    n = sum(r["clips"] for r in rows)
+    assert out["video/class_accuracy"] == pytest.approx(sum(r["requested_share"] * r["clips"] for r in report) / n)
+    assert out["video/class_accuracy_real"] == pytest.approx(sum(r["requested_share"] * r["clips"] for r in rows) / n)
 
 
 def test_digit_motion_tracks_speed_and_separates_smooth_from_jittery_motion():

@@ -250,7 +250,9 @@ class VideoMetricsCallback(ScheduledMetric):
     glyphs against drift), ``video/digit_speed_*`` / ``video/digit_jerk_*`` (the digit's centre of
     mass: pixels moved per frame, and the change of that step, i.e. motion against freezing and
     smooth motion against jitter), ``video/class_accuracy`` for class-conditional models (frames showing
-    the requested digit), and ``video/fvd_<fvd_extractor>`` (``random3d``: a fixed random 3-D
+    the requested digit; ``video/class_accuracy_real``, real clips showing theirs, where the
+    datamodule has ``real_labels``; both per requested digit in the run folder's
+    ``video_by_class.md``), and ``video/fvd_<fvd_extractor>`` (``random3d``: a fixed random 3-D
     conv net, for comparing runs of this project; ``i3d``: the TorchScript I3D at ``i3d_path``, a
     clear error before training when the file is missing). ``None`` skips FID or FVD. Samples are
     seeded, so the same checkpoint gives the same numbers. Runs on rank 0 only.
@@ -291,7 +293,7 @@ class VideoMetricsCallback(ScheduledMetric):
 
     @torch.no_grad()
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        from lightning_modules.metrics.video import video_metrics
+        from lightning_modules.metrics.video import video_metrics, write_class_report
 
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "real_samples"):
@@ -299,8 +301,12 @@ class VideoMetricsCallback(ScheduledMetric):
         real = dm.real_samples(self.real_num, self.real_split).float()
         fake, labels = draw_samples(pl_module, self.num_samples, self.batch_size, self.seed, self.sampler,
                                     progress=trainer.is_global_zero)
+        real_labels = dm.real_labels(self.real_num, self.real_split) if (
+            labels is not None and hasattr(dm, "real_labels")) else None
         self.last = video_metrics(fake, real, self.fid_extractor, self.fvd_extractor, self.i3d_path, self.cache_dir,
-                                  fake_labels=labels)
+                                  fake_labels=labels, real_labels=real_labels)
+        if labels is not None and self.fid_extractor == "digits":  # which requested digits hold their shape
+            write_class_report(self.output_dir or trainer.default_root_dir, fake, labels, real, real_labels)
         return self.last
 
     def _report(self, trainer: pl.Trainer, pl_module: pl.LightningModule, use_log: bool) -> None:

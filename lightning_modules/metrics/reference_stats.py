@@ -33,10 +33,22 @@ def real_images(datamodule, num: int | None, split: str = "train", seed: int = 0
     if not hasattr(datamodule, "real_samples"):
         raise UserError(f"{type(datamodule).__name__} has no real_samples(num, split): FID needs real data")
     everything = datamodule.real_samples(10**9, split)
-    if num is None or num >= len(everything):
-        return everything
-    idx = torch.randperm(len(everything), generator=torch.Generator().manual_seed(seed))[:num]
-    return everything[idx.sort().values]
+    return everything[_subset(len(everything), num, seed)]
+
+
+def real_labels(datamodule, num: int | None, split: str = "train", seed: int = 0) -> Tensor | None:
+    """The class labels of exactly the items :func:`real_images` returns (same ``num``, ``split`` and
+    ``seed``), or ``None`` when the datamodule has no ``real_labels(num, split)``."""
+    if not hasattr(datamodule, "real_labels"):
+        return None
+    everything = datamodule.real_labels(10**9, split)
+    return everything[_subset(len(everything), num, seed)]
+
+
+def _subset(n: int, num: int | None, seed: int) -> Tensor | slice:
+    if num is None or num >= n:
+        return slice(None)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:num].sort().values
 
 
 def content_hash(images: Tensor) -> str:

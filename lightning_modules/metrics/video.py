@@ -267,6 +267,63 @@ def _requested_share(frame_labels: Tensor, requested: Tensor) -> float:
     return (frame_labels == requested.cpu().long()[:, None]).float().mean().item()
 
 
+def digit_scores_by_class(clips: Tensor, requested: Tensor, batch_size: int = 512) -> list[dict[str, float]]:
+    """Per requested digit of class-conditional clips: which classes keep their shape.
+
+    One row per digit asked for, in order: ``class``, ``clips`` (how many), ``consistency`` (mean
+    :func:`digit_consistency`), ``requested_share`` (frames read as the requested digit, as
+    :func:`frame_class_accuracy`) and ``agreement_ends`` (clips whose first and last frames get
+    the same label). The clip-weighted means of the columns are the all-clip scores."""
+    if len(requested) != len(clips):
+        raise ValueError(f"{len(clips)} clips but {len(requested)} labels")
+    return _scores_by_class(_frame_digit_labels(clips, batch_size), requested)
+
+
+def _scores_by_class(frame_labels: Tensor, requested: Tensor) -> list[dict[str, float]]:
+    requested = requested.cpu().long()
+    rows = []
+    for k in torch.unique(requested).tolist():
+        lab = frame_labels[requested == k]
+        rows.append({"class": int(k), "clips": int(len(lab)), "consistency": _consistency(lab).mean().item(),
+                     "requested_share": (lab == k).float().mean().item(),
+                     "agreement_ends": (lab[:, 0] == lab[:, -1]).float().mean().item()})
+    return rows
+
+
+def class_table_markdown(rows: list[dict[str, float]]) -> str:
+    """:func:`digit_scores_by_class` rows (with ``real_*`` columns where present) as a Markdown table."""
+    real = any("real_requested_share" in r for r in rows)
+    head = "| digit | clips | consistency | frames showing it | first = last frame |"
+    lines = [head + (" real clips | real frames showing it |" if real else ""),
+             "| ---: " * (7 if real else 5) + "|"]
+    for r in rows:
+        line = (f"| {r['class']} | {r['clips']} | {r['consistency']:.2f} | {r['requested_share']:.0%} | "
+                f"{r['agreement_ends']:.0%} |")
+        if real:
+            line += (f" {r['real_clips']} | {r['real_requested_share']:.0%} |" if "real_clips" in r else " 0 | - |")
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def write_class_report(out_dir: str | Path, fake: Tensor, fake_labels: Tensor, real: Tensor | None = None,
+                       real_labels: Tensor | None = None) -> list[dict[str, float]]:
+    """Per requested digit scores of class-conditional clips (:func:`digit_scores_by_class`), beside the
+    classifier's reading of real clips of the same digits when ``real_labels`` are given (its ceiling:
+    the MNIST classifier does not read every real Moving MNIST frame right), written to
+    ``out_dir/video_by_class.md``. Returns the rows."""
+    rows = digit_scores_by_class(fake, fake_labels)
+    if real is not None and real_labels is not None:
+        real_rows = {r["class"]: r for r in digit_scores_by_class(real, real_labels)}
+        for r in rows:
+            if r["class"] in real_rows:
+                r["real_clips"] = real_rows[r["class"]]["clips"]
+                r["real_requested_share"] = real_rows[r["class"]]["requested_share"]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "video_by_class.md").write_text(class_table_markdown(rows))
+    return rows
+
+
 def digit_agreement_by_distance(clips: Tensor, batch_size: int = 512) -> Tensor:
     """Share of frame pairs ``(i, i + d)`` whose digit labels agree, for ``d = 1 .. T-1``: ``(T-1,)``.
 
@@ -300,10 +357,12 @@ def frame_fid(fake: Tensor, real: Tensor, extractor: str = "digits", batch_size:
 
 def video_metrics(fake: Tensor, real: Tensor, fid_extractor: str | None = "digits",
                   fvd_extractor: str | VideoExtractor | None = "random3d", i3d_path: str | None = None,
-                  cache_dir: str | None = None, fake_labels: Tensor | None = None) -> dict[str, float]:
+                  cache_dir: str | None = None, fake_labels: Tensor | None = None,
+                  real_labels: Tensor | None = None) -> dict[str, float]:
     """All video metrics for generated ``fake`` and ``real`` clips; ``None`` skips FID or FVD.
     ``fake_labels``: the digits the clips were asked for (class-conditional models), scored with
-    the digit metrics as ``video/class_accuracy``."""
+    the digit metrics as ``video/class_accuracy``; ``real_labels``, the real clips' digits, give the
+    same score of the real clips, ``video/class_accuracy_real`` (the classifier's ceiling)."""
     if fake.shape[1:] != real.shape[1:]:
         raise UserError(f"generated clips {tuple(fake.shape[1:])} and real clips {tuple(real.shape[1:])} differ "
                         f"in shape; check model.sample_shape / data_shape against the data config")
@@ -318,6 +377,8 @@ def video_metrics(fake: Tensor, real: Tensor, fid_extractor: str | None = "digit
             out[f"video/digit_consistency_{name}"] = _consistency(labels).mean().item()
             if name == "fake" and fake_labels is not None:  # frames showing the requested digit
                 out["video/class_accuracy"] = _requested_share(labels, fake_labels)
+            if name == "real" and real_labels is not None:  # ... and real frames showing theirs
+                out["video/class_accuracy_real"] = _requested_share(labels, real_labels)
             if labels.shape[1] > 1:  # neighbouring frames and the first against the last
                 agree = _agreement(labels)
                 out[f"video/digit_agreement_next_{name}"] = agree[0].item()
