@@ -106,16 +106,17 @@ def compute_metrics(cfg: DictConfig, module: Any, datamodule: Any, samples: torc
 def video_numbers(cfg: DictConfig, datamodule: Any, samples: torch.Tensor,
                   labels: torch.Tensor | None) -> dict[str, Any]:
     """:func:`video_metrics` of the sampled clips against real clips of the checkpoint's datamodule."""
-    from lightning_modules.metrics.video import video_metrics, write_class_report
+    from lightning_modules.metrics.video import save_class_table, video_scores
 
     real = real_images(datamodule, cfg.real_num_samples, cfg.real_split).float()
     real_y = real_labels(datamodule, cfg.real_num_samples, cfg.real_split) if labels is not None else None
     t0 = time.perf_counter()
-    out: dict[str, Any] = video_metrics(samples, real, cfg.video.fid_extractor, cfg.video.fvd_extractor,
-                                        cfg.video.i3d_path, cfg.paths.cache_dir, fake_labels=labels,
-                                        real_labels=real_y)
-    if labels is not None and cfg.video.fid_extractor == "digits":  # which requested digits hold their shape
-        out["video/by_class"] = write_class_report(cfg.paths.output_dir, samples, labels, real, real_y)
+    numbers, by_class = video_scores(samples, real, cfg.video.fid_extractor, cfg.video.fvd_extractor,
+                                     cfg.video.i3d_path, cfg.paths.cache_dir, fake_labels=labels, real_labels=real_y)
+    out: dict[str, Any] = dict(numbers)
+    if by_class is not None:  # which requested digits hold their shape
+        out["video/by_class"] = by_class
+        save_class_table(cfg.paths.output_dir, by_class)
     out["time/video_s"] = round(time.perf_counter() - t0, 2)
     out["real_num_samples/video"] = int(len(real))
     return out

@@ -293,7 +293,7 @@ class VideoMetricsCallback(ScheduledMetric):
 
     @torch.no_grad()
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        from lightning_modules.metrics.video import video_metrics, write_class_report
+        from lightning_modules.metrics.video import save_class_table, video_scores
 
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "real_samples"):
@@ -303,10 +303,10 @@ class VideoMetricsCallback(ScheduledMetric):
                                     progress=trainer.is_global_zero)
         real_labels = dm.real_labels(self.real_num, self.real_split) if (
             labels is not None and hasattr(dm, "real_labels")) else None
-        self.last = video_metrics(fake, real, self.fid_extractor, self.fvd_extractor, self.i3d_path, self.cache_dir,
-                                  fake_labels=labels, real_labels=real_labels)
-        if labels is not None and self.fid_extractor == "digits":  # which requested digits hold their shape
-            write_class_report(self.output_dir or trainer.default_root_dir, fake, labels, real, real_labels)
+        self.last, by_class = video_scores(fake, real, self.fid_extractor, self.fvd_extractor, self.i3d_path,
+                                           self.cache_dir, fake_labels=labels, real_labels=real_labels)
+        if by_class is not None:  # which requested digits hold their shape
+            save_class_table(self.output_dir or trainer.default_root_dir, by_class)
         return self.last
 
     def _report(self, trainer: pl.Trainer, pl_module: pl.LightningModule, use_log: bool) -> None:

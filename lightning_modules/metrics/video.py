@@ -311,17 +311,34 @@ def write_class_report(out_dir: str | Path, fake: Tensor, fake_labels: Tensor, r
     classifier's reading of real clips of the same digits when ``real_labels`` are given (its ceiling:
     the MNIST classifier does not read every real Moving MNIST frame right), written to
     ``out_dir/video_by_class.md``. Returns the rows."""
-    rows = digit_scores_by_class(fake, fake_labels)
-    if real is not None and real_labels is not None:
-        real_rows = {r["class"]: r for r in digit_scores_by_class(real, real_labels)}
+    if len(fake_labels) != len(fake):
+        raise ValueError(f"{len(fake)} clips but {len(fake_labels)} labels")
+    real_frames = _frame_digit_labels(real) if real is not None and real_labels is not None else None
+    rows = _class_rows(_frame_digit_labels(fake), fake_labels, real_frames, real_labels)
+    save_class_table(out_dir, rows)
+    return rows
+
+
+def _class_rows(fake_frames: Tensor, fake_labels: Tensor, real_frames: Tensor | None = None,
+                real_labels: Tensor | None = None) -> list[dict[str, float]]:
+    """:func:`_scores_by_class` of the generated clips' frame labels, with each digit's real clips' count
+    and requested share beside it when the real frame labels are given."""
+    rows = _scores_by_class(fake_frames, fake_labels)
+    if real_frames is not None and real_labels is not None:
+        real_rows = {r["class"]: r for r in _scores_by_class(real_frames, real_labels)}
         for r in rows:
             if r["class"] in real_rows:
                 r["real_clips"] = real_rows[r["class"]]["clips"]
                 r["real_requested_share"] = real_rows[r["class"]]["requested_share"]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "video_by_class.md").write_text(class_table_markdown(rows))
     return rows
+
+
+def save_class_table(out_dir: str | Path, rows: list[dict[str, float]]) -> Path:
+    """Write per-digit rows as ``out_dir/video_by_class.md``."""
+    path = Path(out_dir) / "video_by_class.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(class_table_markdown(rows))
+    return path
 
 
 def digit_agreement_by_distance(clips: Tensor, batch_size: int = 512) -> Tensor:
@@ -363,6 +380,16 @@ def video_metrics(fake: Tensor, real: Tensor, fid_extractor: str | None = "digit
     ``fake_labels``: the digits the clips were asked for (class-conditional models), scored with
     the digit metrics as ``video/class_accuracy``; ``real_labels``, the real clips' digits, give the
     same score of the real clips, ``video/class_accuracy_real`` (the classifier's ceiling)."""
+    return video_scores(fake, real, fid_extractor, fvd_extractor, i3d_path, cache_dir, fake_labels, real_labels)[0]
+
+
+def video_scores(fake: Tensor, real: Tensor, fid_extractor: str | None = "digits",
+                 fvd_extractor: str | VideoExtractor | None = "random3d", i3d_path: str | None = None,
+                 cache_dir: str | None = None, fake_labels: Tensor | None = None,
+                 real_labels: Tensor | None = None) -> tuple[dict[str, float], list[dict[str, float]] | None]:
+    """:func:`video_metrics` and, for class-conditional digit clips (``fake_labels`` with the ``digits``
+    extractor), the per-digit rows of :func:`write_class_report` from the same frame labels (each
+    frame is classified once); ``None`` rows otherwise."""
     if fake.shape[1:] != real.shape[1:]:
         raise UserError(f"generated clips {tuple(fake.shape[1:])} and real clips {tuple(real.shape[1:])} differ "
                         f"in shape; check model.sample_shape / data_shape against the data config")
@@ -371,9 +398,10 @@ def video_metrics(fake: Tensor, real: Tensor, fid_extractor: str | None = "digit
            "video/temporal_change_gap": abs(tc_fake - tc_real)}
     if fid_extractor:
         out[f"video/frame_fid_{fid_extractor}"] = frame_fid(fake, real, fid_extractor)
+    frame_labels: dict[str, Tensor] = {}
     if fid_extractor == "digits":  # the frames are digits: does each clip keep its digit?
         for name, clips in (("fake", fake), ("real", real)):
-            labels = _frame_digit_labels(clips)  # classify every frame once for all scores
+            labels = frame_labels[name] = _frame_digit_labels(clips)  # classify every frame once for all scores
             out[f"video/digit_consistency_{name}"] = _consistency(labels).mean().item()
             if name == "fake" and fake_labels is not None:  # frames showing the requested digit
                 out["video/class_accuracy"] = _requested_share(labels, fake_labels)
@@ -390,4 +418,7 @@ def video_metrics(fake: Tensor, real: Tensor, fid_extractor: str | None = "digit
     if fvd_extractor is not None:
         name = fvd_extractor if isinstance(fvd_extractor, str) else "custom"
         out[f"video/fvd_{name}"] = compute_fvd(fake, real, fvd_extractor, i3d_path=i3d_path, cache_dir=cache_dir)
-    return out
+    rows = None
+    if frame_labels and fake_labels is not None:
+        rows = _class_rows(frame_labels["fake"], fake_labels, frame_labels["real"], real_labels)
+    return out, rows
