@@ -35,6 +35,16 @@ def make_cfg(tmp_path: Path):
     GlobalHydra.instance().clear()
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: tiny nets run fastest, and steadily, that way on a busy shared
+    CPU (no OpenMP spin-waiting). Modules opt in with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not DATA_DIR.is_dir():

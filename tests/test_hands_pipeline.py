@@ -22,12 +22,7 @@ TINY = ["model.net.net.base_channels=8", "model.net.net.channel_mult=[1,2]", "mo
         "callbacks.sample_logger.sampler.steps=2"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # faster than two on a busy shared CPU
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_expansion_schedule_monotone_and_reaches_end():

@@ -17,13 +17,7 @@ from lightning_modules.nets.text_encoder import TransformerTextEncoder
 from lightning_modules.nets.tokenizer import BOS, EOS, PAD, UNK, WordTokenizer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # One thread is much faster than two on a busy shared CPU (no OpenMP spin-waiting).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("f,latent", [(4, (4, 8, 8)), (8, (4, 4, 4))])

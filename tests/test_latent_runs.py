@@ -20,13 +20,7 @@ LDM_TINY = ["model.net.base_channels=8", "model.net.channel_mult=[1,2]", "model.
             "callbacks.sample_logger.sampler.steps=2"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # One thread is much faster than two on a busy shared CPU (no OpenMP spin-waiting).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

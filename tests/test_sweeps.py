@@ -7,7 +7,6 @@ import runpy
 import sys
 
 import pytest
-import torch
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -28,13 +27,7 @@ TINY_WANDB = [t.replace("trainer.limit", "+trainer.limit") for t in TINY if t !=
     "callbacks.fid_digits.sampler.steps=4"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny nets run fastest (and steadily on a shared CPU) with one thread."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def multirun(args: list[str]) -> None:
