@@ -17,6 +17,15 @@ class DataError(ValueError):
     """A problem with the user's data: the message says what and where."""
 
 
+def check_batch_size(batch_size: int, available: int, what: str = "items in the training split",
+                     hint: str = "") -> None:
+    """``data.batch_size`` must be a whole number in ``[1, available]``."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DataError(f"data.batch_size must be a whole number >= 1, got {batch_size!r}")
+    if batch_size > available:
+        raise DataError(f"batch_size={batch_size} is larger than the training split ({available} {what}){hint}")
+
+
 def images_to_model_space(images: np.ndarray, image_size: int | None = None, resize: str = "pad") -> Tensor:
     """uint8 images ``(N,H,W)`` or ``(N,H,W,C)`` -> float ``(N,C,S,S)`` in [-1, 1].
 
@@ -155,8 +164,7 @@ class ArrayDataModule(SplitLoadersMixin, pl.LightningDataModule):
         self.data_shape = tuple(x.shape[1:])
         labels = y.numpy() if y is not None else None
         tr, va = stratified_split(labels, len(x), self.val_fraction, self.split_seed)
-        if self.batch_size > len(tr):
-            raise DataError(f"batch_size={self.batch_size} is larger than the training split ({len(tr)} items)")
+        check_batch_size(self.batch_size, len(tr))
         yy = y if (y is not None and self.conditional) else None
         self.train_set = TensorDictDataset(x=x[tr], y=None if yy is None else yy[tr])
         self.val_set = TensorDictDataset(x=x[va], y=None if yy is None else yy[va])

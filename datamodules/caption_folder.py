@@ -20,7 +20,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from .base import ArrayDataModule, DataError, TensorDictDataset, images_to_model_space, stratified_split
+from .base import (ArrayDataModule, DataError, TensorDictDataset, check_batch_size, images_to_model_space,
+                   stratified_split)
 from .image_folder import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -123,8 +124,7 @@ class CaptionFolderDataModule(ArrayDataModule):
         x, _ = self.load()
         self.data_shape = tuple(x.shape[1:])
         tr, va = stratified_split(None, len(x), self.val_fraction, self.split_seed)
-        if len(tr) == 0 or self.batch_size > len(tr):
-            raise DataError(f"batch_size={self.batch_size} is larger than the training split ({len(tr)} items)")
+        check_batch_size(self.batch_size, len(tr))
         text = np.asarray(self.texts, dtype=object)
         self.train_set = TensorDictDataset(x=x[tr], text=text[tr].tolist())
         self.val_set = TensorDictDataset(x=x[va], text=text[va].tolist()) if len(va) else TensorDictDataset(

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import ArrayDataModule, DataError, TensorDictDataset, stratified_split
+from .base import ArrayDataModule, DataError, TensorDictDataset, check_batch_size, stratified_split
 from .hand_keypoints import check_keypoints, condition_channels, crop, hand_box, render_keypoints, to_crop_coords
 from .hand_masks import hand_masks
 
@@ -135,8 +135,7 @@ class HandsDataModule(ArrayDataModule):
         fields = self.arrays()
         self.data_shape = tuple(fields["x"].shape[1:])
         tr, va = stratified_split(fields["y"].numpy(), len(fields["x"]), self.val_fraction, self.split_seed)
-        if self.batch_size > len(tr):
-            raise DataError(f"batch_size={self.batch_size} is larger than the training split ({len(tr)} items)")
+        check_batch_size(self.batch_size, len(tr))
         if not self.conditional:
             fields.pop("y")
         self.train_set = _HandsDataset(**{k: v[tr] for k, v in fields.items()})

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .base import DataError, SplitLoadersMixin, TensorDictDataset, stratified_split
+from .base import DataError, SplitLoadersMixin, TensorDictDataset, check_batch_size, stratified_split
 from .mnist import load_mnist5k
 
 
@@ -118,8 +118,7 @@ class MovingMNISTDataModule(SplitLoadersMixin, pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        if self.batch_size > self.num_train:
-            raise DataError(f"batch_size={self.batch_size} is larger than num_train={self.num_train}")
+        check_batch_size(self.batch_size, self.num_train, "clips, data.num_train")
         sets, self._labels = [], {}
         for split in ("train", "val"):
             x, y = self.make_split(split)

@@ -25,7 +25,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .base import DataError, SplitLoadersMixin, stratified_split
+from .base import DataError, SplitLoadersMixin, check_batch_size, stratified_split
 from .image_folder import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -202,8 +202,7 @@ class VideoFolderDataModule(SplitLoadersMixin, pl.LightningDataModule):
         args = (self.frames, self.stride, self.image_size, self.channels, self.conditional and bool(self.classes))
         self.train_set = VideoClipDataset([w for w in windows if w[0] in train_videos], *args)
         self.val_set = VideoClipDataset([w for w in windows if w[0] not in train_videos], *args)
-        if self.batch_size > len(self.train_set):
-            raise DataError(f"batch_size={self.batch_size} is larger than the {len(self.train_set)} training clips")
+        check_batch_size(self.batch_size, len(self.train_set), "clips")
 
     def real_samples(self, num: int, split: str = "val") -> Tensor:
         self.setup()

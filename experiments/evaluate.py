@@ -22,7 +22,9 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.sample import build_sampler, sampler_config
 from kakusan.checkpoint import load_datamodule, load_module, read_checkpoint
+from kakusan.config_check import check_argv_or_exit
 from kakusan.errors import UserError
 from kakusan.images import save_grid
 from kakusan.manifest import write_manifest
@@ -165,9 +167,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check_model_kind(module, metrics)
     meta = read_checkpoint(cfg.ckpt_path).get("kakusan") or {}
     datamodule = load_datamodule(mcfg)
-    sampler = hydra.utils.instantiate(cfg.sampler) if cfg.get("sampler") else None
-    if sampler is not None and hasattr(sampler, "validate"):
-        sampler.validate(module.schedule)
+    trained = mcfg.model.get("sampler")
+    sampler = build_sampler(cfg, module.schedule, trained) if hasattr(module, "schedule") else None
 
     wandb_run = None
     if cfg.wandb.enabled:
@@ -198,8 +199,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if "clip_score" in metrics:
             values["clip_score"] = clip_score_of(cfg, module, datamodule, sampler, device)
         values.update({"num_samples": cfg.num_samples, "seed": seed, "ckpt_path": str(cfg.ckpt_path),
-                       "sampler": OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.get("sampler") else
-                       OmegaConf.to_container(mcfg.model.sampler, resolve=True),
+                       "sampler": OmegaConf.to_container(sampler_config(cfg.get("sampler"), trained) or trained,
+                                                         resolve=True) if trained is not None else None,
                        "time/total_s": round(time.perf_counter() - t0, 2), "status": "finished"})
         summary = update_summary(run_dir, values)
         if wandb_run is not None:
@@ -221,4 +222,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_argv_or_exit("evaluate")
     main()

@@ -31,6 +31,7 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
+from kakusan.config_check import check_argv_or_exit
 from kakusan.checkpoint import load_module, read_checkpoint, checkpoint_config
 from kakusan.errors import UserError
 from kakusan.images import image_grid
@@ -232,4 +233,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_argv_or_exit("hands")
     main()

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from experiments.sample import inherit_x0_settings, pick_device
+from kakusan.config_check import check_argv_or_exit
 from kakusan.checkpoint import load_datamodule, load_module
 from kakusan.errors import UserError
 from kakusan.manifest import write_manifest
@@ -237,4 +238,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_argv_or_exit("nfe_study")
     main()

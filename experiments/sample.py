@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from kakusan.checkpoint import load_module
+from kakusan.config_check import check_argv_or_exit
 from kakusan.errors import UserError
 from kakusan.images import save_grid, scatter_png, to_uint8
 from kakusan.manifest import write_manifest
@@ -55,12 +56,34 @@ def inherit_x0_settings(sampler_cfg: DictConfig, trained: DictConfig | None, pre
     return out
 
 
+def sampler_config(cfg_sampler: DictConfig | None, trained: DictConfig | None) -> DictConfig | None:
+    """The sampler config a checkpoint is sampled with; None keeps the model's own sampler unchanged.
+
+    - ``sampler=checkpoint`` (the default: every key null): the checkpoint's sampler, with the keys
+      given on the command line changed (``sampler.steps=100``);
+    - a named sampler (``sampler=ddim sampler.steps=50``): that one, with the checkpoint's x0 clipping
+      unless given (:func:`inherit_x0_settings`).
+    """
+    if not cfg_sampler:
+        return None
+    if cfg_sampler.get("_target_") is None:
+        changes = {k: v for k, v in OmegaConf.to_container(cfg_sampler, resolve=True).items() if v is not None}
+        if not changes:
+            return None
+        if trained is None:
+            raise UserError("this checkpoint stores no sampler to change; name one, e.g. sampler=ddim sampler.steps=50")
+        return OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(trained, resolve=True)), changes)
+    return inherit_x0_settings(cfg_sampler, trained)
+
+
 def build_sampler(cfg: DictConfig, schedule: Any, trained: DictConfig | None = None) -> Any:
-    """The sampler from ``cfg.sampler`` (validated against the model's schedule), or None for the checkpoint's."""
-    if not cfg.get("sampler"):
+    """The sampler for ``cfg.sampler`` (see :func:`sampler_config`), validated against the model's schedule
+    before any sampling; None for the model's own."""
+    node = sampler_config(cfg.get("sampler"), trained)
+    if node is None:
         return None
     try:
-        sampler = hydra.utils.instantiate(inherit_x0_settings(cfg.sampler, trained))
+        sampler = hydra.utils.instantiate(node)
         sampler.validate(schedule)
     except (InstantiationException, ValueError) as e:
         cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e
@@ -147,7 +170,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     x = draw(module, cfg, sampler, labels, device, prompts)
     seconds = time.perf_counter() - t0
     written = save_outputs(x, labels, run_dir, cfg, getattr(module, "num_classes", None))
-    sampler_cfg = inherit_x0_settings(cfg.sampler, trained) if cfg.get("sampler") else trained
+    sampler_cfg = sampler_config(cfg.get("sampler"), trained) or trained
     summary = update_summary(run_dir, {
         "status": "finished", "seed": seed, "ckpt_path": str(cfg.ckpt_path), "num_samples": int(cfg.num_samples),
         "batch_size": int(cfg.batch_size), "shape": list(x.shape), "guidance_scale": cfg.guidance_scale,
@@ -165,4 +188,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_argv_or_exit("sample")
     main()

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from datamodules.pose.h36m import load_keypoints_file
 from datamodules.pose.plots import save_pose_figure
+from kakusan.config_check import check_argv_or_exit
 from kakusan.checkpoint import load_module
 from kakusan.errors import UserError
 from kakusan.manifest import write_manifest
@@ -121,4 +122,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    check_argv_or_exit("zedo")
     main()

@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
+from . import CHECKOUT as PROJECT_ROOT
 from .ddp_launch import global_rank
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("kakusan", "torch", "torchvision", "pytorch-lightning", "hydra-core", "omegaconf", "wandb", "numpy",
             "einops", "torchmetrics", "clean-fid", "scikit-learn", "mlxtend", "diffusers", "open-clip-torch")
 # Environment variables that change what a run reads or computes (recorded, and set by ``reproduce``).

@@ -44,6 +44,15 @@ def readable_checkpoint(run_dir: Path) -> tuple[Path | None, dict[str, Any] | No
     return None, None, problems
 
 
+def same_overrides(run_dir: Path, overrides: list[str]) -> bool:
+    """Whether the run in ``run_dir`` was started with ``overrides`` (as ``resume=auto`` compares them)."""
+    try:
+        started = json.loads((run_dir / "manifest.json").read_text()).get("overrides", [])
+    except (OSError, json.JSONDecodeError):
+        return False
+    return comparable_overrides(started) == comparable_overrides(overrides)
+
+
 def find_resumable_run(runs_root: Path, overrides: list[str], exclude: Path | None = None) -> Path | None:
     """Newest run folder under ``runs_root`` started with the same overrides that did not finish."""
     if not runs_root.is_dir():

@@ -1,6 +1,7 @@
 """Building a run from a Hydra config, and the task wrapper every entry point uses."""
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -19,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from . import ddp_launch
 from .ddp_launch import global_rank
 from .errors import UserError, user_error_of
+from .run_folder import claim_run_folder, defer_log_files, holds_run, owns, release_run_folder
 from .summary import update_summary
 from .wandb_setup import finish_wandb
 
@@ -83,11 +85,26 @@ def prepare_config(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def seed_everything(seed: int | None) -> int | None:
-    """Seed every RNG. ``seed: 0`` is a seed like any other; only ``null`` means "do not seed"."""
+def check_seed(seed: Any) -> int | None:
+    """``seed`` as an int (``0`` is a seed like any other), ``None`` for "do not seed"; else a user error."""
     if seed is None:
         return None
-    return pl.seed_everything(int(seed), workers=True, verbose=False)
+    try:
+        value = int(seed)
+        if (isinstance(seed, float) and value != seed) or isinstance(seed, bool) or not 0 <= value < 2**32:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise UserError(f"seed must be a whole number in [0, 2**32) (0 is a seed like any other) or null for "
+                        f"no seeding, got {seed!r}") from None
+    return value
+
+
+def seed_everything(seed: Any) -> int | None:
+    """Seed every RNG. ``seed: 0`` is a seed like any other; only ``null`` means "do not seed"."""
+    value = check_seed(seed)
+    if value is None:
+        return None
+    return pl.seed_everything(value, workers=True, verbose=False)
 
 
 def instantiate_group(cfg: DictConfig | None, **kwargs: Any) -> list[Any]:
@@ -116,48 +133,74 @@ def check_shapes(datamodule: Any, model: Any) -> None:
             f"image_size) agree, e.g. pick a matching experiment= config.")
 
 
-def task_wrapper(task: Callable[[DictConfig], dict[str, Any]]) -> Callable[[DictConfig], dict[str, Any]]:
+def task_wrapper(task: Callable[[DictConfig], dict[str, Any]] | None = None, *,
+                 claim: bool = True) -> Any:
     """Run ``task`` so that W&B is always closed and failures are recorded, never hidden.
 
+    - The run folder is claimed first (:func:`kakusan.run_folder.claim_run_folder`: an existing run's
+      folder is refused, a lock keeps a second process out). ``claim=False`` leaves that to the task
+      (training claims after deciding whether it resumes, and after every component was built).
     - A failure writes ``failure.json`` (message and traceback) into the run folder and closes W&B
-      with a failing exit code; the original exception is never replaced by a cleanup error.
+      with a failing exit code; the original exception is never replaced by a cleanup error. Only a
+      folder this process owns, or one it created, is written: a refused command leaves an existing
+      run untouched.
     - In a multirun the failure is recorded and the sweep goes on with the next job.
     - A user mistake (bad config, missing data) prints one paragraph and exits with code 2.
     - Under DDP, the processes Lightning starts for ranks > 0 stay in this job's run folder
       (:mod:`kakusan.ddp_launch`); a failure there is written to ``failure_rank<N>.json``.
     """
 
-    def wrapped(cfg: DictConfig) -> dict[str, Any]:
-        ddp_launch.install()
-        prepare_config(cfg)
-        run_dir = Path(cfg.paths.output_dir)
-        try:
-            metrics = task(cfg)
-        except Exception as exc:  # noqa: BLE001
-            tb = traceback.format_exc()
-            rank = global_rank()
+    def decorate(fn: Callable[[DictConfig], dict[str, Any]]) -> Callable[[DictConfig], dict[str, Any]]:
+        @functools.wraps(fn)
+        def wrapped(cfg: DictConfig) -> dict[str, Any]:
+            ddp_launch.install()
+            prepare_config(cfg)
+            run_dir = Path(cfg.paths.output_dir)
+            fresh = not holds_run(run_dir)
+            if not fresh:
+                defer_log_files(run_dir)
             try:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                name = "failure.json" if rank == 0 else f"failure_rank{rank}.json"
-                (run_dir / name).write_text(json.dumps(
-                    {"error": f"{type(exc).__name__}: {exc}", "traceback": tb, "rank": rank}, indent=2))
-                if rank == 0:
-                    update_summary(run_dir, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
-            except OSError:
-                pass
-            finish_wandb(exit_code=1)
-            if is_multirun():
-                log.error("job failed (recorded in %s/failure.json): %s", run_dir, exc)
-                return {"status": "failed"}
-            mistake = user_error_of(exc)
-            if mistake is not None:
-                print(f"\nerror: {mistake}\n", file=sys.stderr)
-                sys.exit(2)
-            raise
-        finish_wandb(exit_code=0)
-        return metrics
+                if claim:
+                    claim_run_folder(run_dir, cfg)
+                metrics = fn(cfg)
+            except Exception as exc:  # noqa: BLE001
+                record_failure(exc, Path(cfg.paths.output_dir), run_dir if fresh else None)
+                finish_wandb(exit_code=1)
+                release_run_folder()
+                if is_multirun():
+                    log.error("job failed: %s", exc)
+                    return {"status": "failed"}
+                mistake = user_error_of(exc)
+                if mistake is not None:
+                    print(f"\nerror: {mistake}\n", file=sys.stderr)
+                    sys.exit(2)
+                raise
+            finish_wandb(exit_code=0)
+            release_run_folder()
+            return metrics
 
-    return wrapped
+        return wrapped
+
+    return decorate(task) if task is not None else decorate
+
+
+def record_failure(exc: BaseException, current: Path, fresh: Path | None) -> None:
+    """``failure.json`` and ``status: failed`` in the run folder this process owns (``current``, where a
+    resume may have moved the run), else in the folder it created (``fresh``); nowhere otherwise."""
+    rank = global_rank()
+    target = current if owns(current) or rank != 0 else fresh  # ranks > 0 share rank 0's folder
+    if target is None:
+        return
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        name = "failure.json" if rank == 0 else f"failure_rank{rank}.json"
+        (target / name).write_text(json.dumps(
+            {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(), "rank": rank}, indent=2))
+        if rank == 0:
+            update_summary(target, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        log.error("failure recorded in %s/failure.json", target)
+    except OSError:
+        pass
 
 
 def metric_value(metrics: dict[str, Any], name: str | None) -> float | None:

@@ -23,10 +23,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import CHECKOUT as PROJECT_ROOT
 from .errors import UserError
 
 log = logging.getLogger(__name__)
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,15 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from kakusan.errors import UserError
+
 from .diffusion.ema import EMA
 from .diffusion.guidance import check_guidance_interval, guided_model_fn
 from .diffusion.losses import WEIGHTINGS, diffusion_loss, loss_weight
 from .diffusion.parameterization import check_prediction_type, training_target
 from .diffusion.samplers.base import Sampler, StepHook
 from .diffusion.schedule import NoiseSchedule
-from .numerics import NONFINITE_POLICIES, nonfinite_error
+from .numerics import NonFiniteGuard
 from .optim import build_optimizers
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,19 @@ def plain_hparams(hparams: Any) -> None:
     for key, value in list(hparams.items()):
         if isinstance(value, Container):
             hparams[key] = OmegaConf.to_container(value, resolve=True)
+
+
+class GuidanceError(UserError):
+    """A guidance scale that cannot work: negative, or guidance of an unconditional model."""
+
+
+def check_guidance_scale(scale: float) -> float:
+    """Classifier-free guidance scales are ``>= 0``: 1 is the plain conditional model, 0 the unconditional
+    one, above 1 guided; a negative scale pushes samples away from their condition."""
+    if scale is None or not float(scale) >= 0.0:
+        raise GuidanceError(f"guidance_scale must be >= 0 (1 = the plain conditional model, 0 = unconditional, "
+                            f"> 1 = guided), got {scale}")
+    return float(scale)
 
 
 class DiffusionModule(pl.LightningModule):
@@ -62,6 +77,8 @@ class DiffusionModule(pl.LightningModule):
         channels_last: keep 4-D activations in channels-last memory format (faster convs on GPUs).
         nonfinite: what a NaN/Inf loss or gradient does: ``stop`` (error naming the step; the batch is
             written to ``<run>/faults/``), ``skip`` (drop that optimiser step) or ``ignore``.
+        nonfinite_max_skip_share: with ``skip``, the run stops once more than this share of its steps
+            was skipped (:class:`~lightning_modules.numerics.NonFiniteGuard`).
     """
 
     def __init__(self, net: nn.Module, schedule: NoiseSchedule, sampler: Sampler,
@@ -71,11 +88,13 @@ class DiffusionModule(pl.LightningModule):
                  num_classes: int | None = None, cond_drop_prob: float = 0.0, guidance_scale: float = 1.0,
                  guidance_interval: list[int] | tuple[int, int] | None = None,
                  sample_shape: list[int] | tuple[int, ...] | None = None, val_timesteps_seed: int = 1234,
-                 compile: bool = False, channels_last: bool = False, nonfinite: str = "stop") -> None:
+                 compile: bool = False, channels_last: bool = False, nonfinite: str = "stop",
+                 nonfinite_max_skip_share: float = 0.1) -> None:
         super().__init__()
         check_prediction_type(prediction_type)
         if loss_weighting not in WEIGHTINGS:
             raise ValueError(f"unknown loss weighting {loss_weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+        check_guidance_scale(guidance_scale)
         if not 0.0 <= cond_drop_prob <= 1.0:
             raise ValueError(f"cond_drop_prob must lie in [0, 1], got {cond_drop_prob}")
         self.save_hyperparameters(ignore=["net", "schedule", "sampler", "optimizer", "lr_scheduler"], logger=False)
@@ -88,10 +107,7 @@ class DiffusionModule(pl.LightningModule):
         self.guidance_interval = check_guidance_interval(guidance_interval, schedule.num_timesteps)
         self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
         self.val_timesteps_seed = val_timesteps_seed
-        if nonfinite not in NONFINITE_POLICIES:
-            raise ValueError(f"nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {nonfinite!r}")
-        self.nonfinite = nonfinite
-        self.skipped_steps = 0
+        self.nonfinite = NonFiniteGuard(nonfinite, nonfinite_max_skip_share)
         self.ema = EMA(self.net, max_decay=ema_decay, warmup=ema_warmup) if ema_decay is not None else None
         self.channels_last, self.compile_net = channels_last, compile
         if channels_last:
@@ -182,21 +198,16 @@ class DiffusionModule(pl.LightningModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Apply the ``nonfinite`` policy: loss and gradient norms are checked with one device sync."""
-        if self.nonfinite == "ignore":
-            return
-        loss = getattr(self, "_last_loss", None)  # subclasses with their own training_step may not set it
-        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
-        values = [*torch._foreach_norm(grads)] + ([loss.float()] if loss is not None else [])
-        if not values or bool(torch.isfinite(torch.stack(values)).all()):
-            return
-        what = "loss" if loss is not None and not torch.isfinite(loss) else "gradient"
-        if self.nonfinite == "stop":
-            batch, batch_idx = getattr(self, "_last_batch", (None, -1))
-            raise nonfinite_error(self, what, batch, batch_idx)
-        self.skipped_steps += 1
-        for p in self.net.parameters():
-            p.grad = None  # the optimiser leaves parameters without gradients untouched
+        """Apply the ``nonfinite`` policy to this step's loss and gradients."""
+        batch, batch_idx = getattr(self, "_last_batch", (None, -1))
+        # subclasses with their own training_step may not set _last_loss
+        self.nonfinite.check(self, self.net, getattr(self, "_last_loss", None), batch, batch_idx)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["kakusan_nonfinite"] = self.nonfinite.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.nonfinite.load_state_dict(checkpoint.get("kakusan_nonfinite") or {})
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -228,9 +239,12 @@ class DiffusionModule(pl.LightningModule):
 
     def model_fn(self, cond: dict[str, Any], guidance_scale: float | None = None) -> Callable[[Tensor, Tensor], Tensor]:
         scale = self.guidance_scale if guidance_scale is None else guidance_scale
+        check_guidance_scale(scale)
         null = self.null_conditions(cond) if scale != 1.0 else None
         if scale != 1.0 and null is None:
-            raise ValueError(f"guidance_scale={scale} needs a conditional model and a condition to guide with")
+            raise GuidanceError(f"guidance_scale={scale:g} needs a conditional model (class labels or text, trained "
+                                f"with cond_drop_prob > 0) and a condition to guide with; this model is "
+                                f"unconditional: leave guidance_scale unset or set it to 1")
         return guided_model_fn(lambda x, t, **c: self.denoiser(x, t, **c), cond, null, scale,
                                interval=self.guidance_interval)
 

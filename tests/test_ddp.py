@@ -26,14 +26,14 @@ def test_ddp_cpu_two_processes_one_run_folder(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "experiments.train", *TINY, f"paths.log_dir={logs}"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    runs = [p for p in (logs / "debug" / "runs").iterdir()]
+    runs = [p for p in (logs / "ddpm_mnist" / "runs").iterdir()]
     assert len(runs) == 1, runs  # the rank-1 process wrote into rank 0's folder, not a new one
     run = runs[0]
     assert len(list(logs.rglob("summary.json"))) == 1 and len(list(logs.rglob("manifest.json"))) == 1
     assert not list(logs.rglob("failure*.json"))
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["global_step"] == 2
-    log_text = (run / "debug.log").read_text()
+    log_text = (run / "ddpm_mnist.log").read_text()
     assert log_text.count("data: datamodules") == 2  # both ranks ran the job ...
     assert log_text.count("final.png") == 1          # ... the final samples were drawn once (rank 0)
     rows = list(csv.DictReader(open(run / "csv" / "metrics.csv")))

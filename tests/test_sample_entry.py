@@ -35,6 +35,18 @@ def cond_ckpt(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def uncond_ckpt(tmp_path_factory) -> Path:
+    """The same for the unconditional main-job model (random weights)."""
+    out = tmp_path_factory.mktemp("uncond")
+    cfg = compose_cfg(TINY + ["debug=limit", "sampler.steps=2"], out)
+    model = hydra.utils.instantiate(cfg.model)
+    path = out / "checkpoints" / "last.ckpt"
+    path.parent.mkdir(parents=True)
+    torch.save({"state_dict": model.state_dict(), "kakusan": {"config": resolved_config(cfg)}}, path)
+    return path
+
+
 def run_sample(make_cfg, ckpt: Path, sub: str, *overrides: str) -> Path:
     cfg = make_cfg([f"ckpt_path={ckpt}", "num_samples=3", "batch_size=2", *overrides], config_name="sample", sub=sub)
     sample(cfg)
@@ -78,6 +90,29 @@ def test_class_label_guidance_and_other_samplers(make_cfg, cond_ckpt):
     explicit = run_sample(make_cfg, cond_ckpt, "e", "num_samples=1", "sampler=ddim", "sampler.steps=1",
                           "sampler.clip_x0=true")
     assert json.loads((explicit / "summary.json").read_text())["sampler"]["clip_x0"] is True
+
+
+def test_changing_the_checkpoint_samplers_steps_alone(make_cfg, cond_ckpt):
+    """``sampler.steps=1`` (no sampler named) changes only the steps of the checkpoint's own sampler; Hydra's
+    ``+sampler.steps=1`` means the same."""
+    from kakusan.config_check import check_overrides
+
+    for typed in ("sampler.steps=1", "+sampler.steps=1"):
+        override = check_overrides([typed], "sample").overrides[0]
+        run = run_sample(make_cfg, cond_ckpt, f"steps{len(typed)}", "num_samples=1", override)
+        used = json.loads((run / "summary.json").read_text())["sampler"]
+        assert used["_target_"].endswith("DDPMSampler") and used["steps"] == 1  # trained with DDPM, 2 steps
+        assert used["clip_x0"] is False  # everything else as stored
+
+
+def test_guidance_scale_errors_are_one_paragraph(make_cfg, cond_ckpt, uncond_ckpt, capsys):
+    for ckpt, scale, expected in ((uncond_ckpt, "3", "this model is unconditional"),
+                                  (uncond_ckpt, "-1", "guidance_scale must be >= 0"),
+                                  (cond_ckpt, "-1", "guidance_scale must be >= 0")):
+        with pytest.raises(SystemExit) as e:
+            run_sample(make_cfg, ckpt, f"g{scale}{ckpt.parent.parent.name}", f"guidance_scale={scale}")
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and expected in err and "Traceback" not in err
 
 
 def test_bad_input_fails_before_sampling(make_cfg, cond_ckpt, tmp_path, capsys):

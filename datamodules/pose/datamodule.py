@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from ..base import DataError, TensorDictDataset
+from ..base import DataError, TensorDictDataset, check_batch_size
 from .bvh import bvh_positions, parse_bvh
 from .camera import RandomCameras, observe
 from .h36m import h36m_file, load_h36m_poses
@@ -129,9 +129,7 @@ class PoseDataModule(pl.LightningDataModule):
         self.val_poses = torch.from_numpy(np.concatenate(val))
         test = self._load(self.test_clips, self.eval_stride)
         self.test_poses = torch.from_numpy(np.concatenate(list(test.values())))
-        if self.batch_size > len(self.train_poses):
-            raise DataError(f"batch_size={self.batch_size} is larger than the training set ({len(self.train_poses)} poses); "
-                            f"lower data.batch_size or data.stride")
+        check_batch_size(self.batch_size, len(self.train_poses), "poses", "; lower data.batch_size or data.stride")
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, x: Tensor, shuffle: bool) -> DataLoader:
